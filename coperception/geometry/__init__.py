@@ -1,0 +1,39 @@
+"""Geometry: poses, rigid transforms and 3D box math.
+
+One convention inside the library (formats convert at the edge):
+
+* frames are **right-handed**, x forward, y left, z up; units are metres and radians;
+* a pose is a 4x4 homogeneous matrix named by its direction, ``world_from_lidar`` maps
+  points in the LiDAR frame to the world frame (``p_world = T @ p_lidar``);
+* a box is a row ``[x, y, z, l, w, h, yaw]``: centre (z is the box centre, not its bottom),
+  full length along the heading, full width, full height, heading yaw about +z measured
+  counter-clockwise from +x, in ``[-pi, pi)`` after normalisation.
+"""
+
+from coperception.geometry.pose import (
+    carla_pose_to_matrix,
+    matrix_to_carla_pose,
+    left_to_right_handed,
+    right_to_left_handed,
+    opv2v_pose_to_world_from_lidar,
+    world_from_lidar_to_opv2v_pose,
+    relative_transform,
+    transform_points,
+    yaw_of,
+    wrap_angle,
+    se3_from_xyz_rpy,
+)
+
+__all__ = [
+    "carla_pose_to_matrix",
+    "matrix_to_carla_pose",
+    "left_to_right_handed",
+    "right_to_left_handed",
+    "opv2v_pose_to_world_from_lidar",
+    "world_from_lidar_to_opv2v_pose",
+    "relative_transform",
+    "transform_points",
+    "yaw_of",
+    "wrap_angle",
+    "se3_from_xyz_rpy",
+]
