@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+ABS_PY := $(abspath $(PY))
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 OPENCOOD_VERSION := 0.1.19
@@ -24,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	@# the peer (OpenCOOD) without its GUI OpenCV; its Cython IoU kernel compiled in place
 	$(PIP) install --no-deps opencoodx==$(OPENCOOD_VERSION)
 	@cd $$($(PY) -c "import os, importlib.util as u; print(os.path.dirname(u.find_spec('opencood').origin))")/utils && \
-	  C_INCLUDE_PATH=$$($(PY) -c "import numpy; print(numpy.get_include())") \
+	  C_INCLUDE_PATH=$$($(ABS_PY) -c "import numpy; print(numpy.get_include())") \
 	  $(abspath $(VENV))/bin/cythonize -i -q box_overlaps.pyx >/dev/null
 	$(PY) -c "import torch, open3d, opencood.utils.eval_utils, coperception; print('setup ok: torch', torch.__version__)"
 	@touch $(STAMP)
