@@ -23,3 +23,7 @@ class WireError(CoperceptionError):
 
 class BoxError(CoperceptionError, ValueError):
     """Boxes have the wrong shape, non-finite values or non-positive sizes."""
+
+
+class BudgetError(CoperceptionError, ValueError):
+    """A message does not fit the byte budget it was given (per link and frame)."""
