@@ -23,6 +23,19 @@ from coperception.geometry.pose import (
     wrap_angle,
     se3_from_xyz_rpy,
 )
+from coperception.geometry.boxes import (
+    validate_boxes,
+    validate_corners,
+    boxes_to_corners,
+    boxes_to_bev_corners,
+    corners_to_boxes,
+    transform_boxes,
+    boxes_in_range_mask,
+    boxes_to_standup,
+    from_opencood_center,
+    to_opencood_center,
+)
+from coperception.geometry.iou import bev_iou, bev_iou_aligned, quad_iou, quad_iou_aligned, standup_iou
 
 __all__ = [
     "carla_pose_to_matrix",
@@ -36,4 +49,19 @@ __all__ = [
     "yaw_of",
     "wrap_angle",
     "se3_from_xyz_rpy",
+    "validate_boxes",
+    "validate_corners",
+    "boxes_to_corners",
+    "boxes_to_bev_corners",
+    "corners_to_boxes",
+    "transform_boxes",
+    "boxes_in_range_mask",
+    "boxes_to_standup",
+    "from_opencood_center",
+    "to_opencood_center",
+    "bev_iou",
+    "bev_iou_aligned",
+    "quad_iou",
+    "quad_iou_aligned",
+    "standup_iou",
 ]
