@@ -1,1 +1,27 @@
-"""fusion"""
+"""Fusion: combine the ego's perception with what other agents sent.
+
+* intermediate (BEV maps): :data:`FUSIONS` maps a method name to a :class:`BEVFusion` class,
+  built as ``FUSIONS[name](grid, stride, **options)`` and called as
+  ``forward(features (sum_A, C, H, W), agents_per_sample (B,), ego_from_agent (sum_A, 4, 4),
+  mask (sum_A, 1, H, W) | None) -> (B, C, H, W)`` (agents of a sample contiguous, ego first).
+  :class:`MultiScaleFusion` runs one of them per backbone level.
+* early (points): :func:`fuse_points`.
+* late (boxes): :func:`fuse_detections` / :class:`LateFusion`.
+"""
+
+from coperception.fusion.early import fuse_points
+from coperception.fusion.intermediate import (AttentionFusion, BEVFusion, FCooperFusion, MaxFusion,
+                                              MultiScaleFusion, stack_agents)
+from coperception.fusion.late import LateFusion, fuse_detections
+from coperception.fusion.warp import warp_to_ego, warp_with_valid
+
+#: Intermediate (BEV-map) fusion methods by name.
+FUSIONS: dict[str, type[BEVFusion]] = {
+    "max": MaxFusion,
+    "fcooper": FCooperFusion,
+    "attention": AttentionFusion,
+}
+
+__all__ = ["FUSIONS", "AttentionFusion", "BEVFusion", "FCooperFusion", "LateFusion", "MaxFusion",
+           "MultiScaleFusion", "fuse_detections", "fuse_points", "stack_agents", "warp_to_ego",
+           "warp_with_valid"]
