@@ -15,7 +15,9 @@ import sys
 from coperception.errors import CoperceptionError
 
 #: Modules whose ``register`` adds subcommands, in help order.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "coperception.eval.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

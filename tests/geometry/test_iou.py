@@ -175,3 +175,25 @@ def test_cuda_matches_cpu():
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=1e-9, rtol=0)
     gpu32 = bev_iou(a.float().cuda(), b.float().cuda())
     np.testing.assert_allclose(gpu32.cpu().numpy(), cpu.numpy(), atol=1e-4, rtol=0)
+
+
+def _grid_boxes():
+    """Boxes on a coarse grid with yaw in multiples of pi/4: touching edges, shared corners, collinear edges."""
+    from hypothesis import strategies as st
+
+    coord = st.integers(-4, 4).map(lambda v: v * 0.5)
+    size = st.integers(1, 8).map(lambda v: v * 0.5)
+    yaw = st.integers(-4, 4).map(lambda v: v * np.pi / 4)
+    return st.tuples(coord, coord, size, size, yaw).map(lambda t: _box(t[0], t[1], t[2], t[3], t[4]))
+
+
+def test_degenerate_grid_pairs_match_shapely():
+    hypothesis = pytest.importorskip("hypothesis")
+
+    @hypothesis.settings(max_examples=200, deadline=None, derandomize=True)
+    @hypothesis.given(_grid_boxes(), _grid_boxes())
+    def check(a, b):
+        a, b = np.array([a]), np.array([b])
+        np.testing.assert_allclose(bev_iou(a, b), _shapely_iou(a, b), atol=1e-9)
+
+    check()
