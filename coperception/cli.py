@@ -16,7 +16,10 @@ from coperception.errors import CoperceptionError
 
 #: Modules whose ``register`` adds subcommands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
+    "coperception.sim.commands",
+    "coperception.train.commands",
     "coperception.eval.commands",
+    "coperception.demo",
 )
 
 

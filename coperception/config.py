@@ -12,6 +12,7 @@ typo in a module argument fails at load time too.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import types
@@ -97,7 +98,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if origin in (tuple, list):
+    if origin in (tuple, list, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -107,7 +108,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         else:
             item_tp = args[0] if args else Any
             items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

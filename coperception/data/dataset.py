@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -49,7 +49,7 @@ from coperception.data.augment import AugmentConfig, Augmentation, sample_augmen
 from coperception.data.collate import collate_samples
 from coperception.data.noise import PoseNoise
 from coperception.data.pillars import Pillars
-from coperception.data.records import AgentObservation, Frame, ObjectSet
+from coperception.data.records import VEHICLE_CLASSES, AgentObservation, Frame, ObjectSet
 from coperception.data.voxelize import Voxels, pillarize, voxelize
 from coperception.errors import ConfigError, FormatError
 from coperception.geometry.boxes import boxes_in_range_mask, transform_boxes
@@ -156,6 +156,8 @@ class CooperativeDataset(Dataset):
     voxelize_in: "batch" (in ``collate_fn()``) or "sample" (in ``__getitem__``).
     max_points_per_pillar / max_pillars: per-cell point cap and per-cloud cell cap.
     self_hit_box: OpenCOOD's ego-body point mask, None to keep every point.
+    classes: object classes kept as ground truth (indices into OBJECT_CLASSES; default the
+        vehicle classes, as OPV2V / OpenCOOD evaluate), None keeps all.
     agent_targets: also give each agent's own ground truth in its own frame (``agent_gt``);
         default: only for late fusion. Intermediate training uses it for the per-agent loss.
     on_error: "raise" fails on a frame whose read raises FormatError; "skip" logs a warning,
@@ -168,7 +170,8 @@ class CooperativeDataset(Dataset):
                  augment: AugmentConfig | None = None, voxelization: str = "pillars", voxelize_in: str = "batch",
                  max_points_per_pillar: int = 32, max_pillars: int | None = None, return_points: bool = False,
                  self_hit_box: tuple[float, float, float, float] | None = SELF_HIT_BOX,
-                 gt_visible_only: bool = True, on_error: str = "raise", agent_targets: bool | None = None) -> None:
+                 gt_visible_only: bool = True, on_error: str = "raise", agent_targets: bool | None = None,
+                 classes: tuple[int, ...] | None = VEHICLE_CLASSES) -> None:
         if fusion not in FUSION_MODES:
             raise ConfigError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
         if voxelization not in VOXELIZATIONS:
@@ -188,6 +191,7 @@ class CooperativeDataset(Dataset):
         self.self_hit_box, self.gt_visible_only, self.on_error = self_hit_box, gt_visible_only, on_error
         self.max_points_per_pillar, self.max_pillars = max_points_per_pillar, max_pillars
         self.agent_targets = (fusion == "late") if agent_targets is None else bool(agent_targets)
+        self.classes = None if classes is None else np.asarray(sorted(classes), dtype=np.int64)
         if self.agent_targets and fusion == "early":
             raise ConfigError("agent_targets needs per-agent clouds: not available with fusion='early'")
         self.keys: list[tuple[str, int]] = [tuple(k) for k in reader.keys()]
@@ -199,6 +203,7 @@ class CooperativeDataset(Dataset):
 
     def __getitem__(self, index: int) -> CooperativeSample:
         key, frame = self._load(index)
+        frame = self._select_classes(frame)
         agents = select_agents(frame, self.comm_range, self.max_agents)
         rng = self._rng(key)
         clean, noisy = self._poses(agents, rng)
@@ -252,6 +257,16 @@ class CooperativeDataset(Dataset):
                 self.skipped.append(key)
                 logger.warning("skipping frame %s/%s: %s", key[0], key[1], err)
         raise FormatError(f"no readable frame: all {len(self.keys)} frames failed to load, e.g. {self.skipped[:3]}")
+
+    def _select_classes(self, frame: Frame) -> Frame:
+        """Keep the ground truth of the evaluated classes only (vehicles by default, as OPV2V)."""
+        if self.classes is None:
+            return frame
+        keep = np.isin(frame.objects.classes, self.classes)
+        if keep.all():
+            return frame
+        visibility = {a: np.asarray(v)[keep] for a, v in frame.visibility.items()}
+        return replace(frame, objects=frame.objects.subset(keep), visibility=visibility)
 
     def _rng(self, key: tuple[str, int]) -> np.random.Generator | None:
         """Training: a generator seeded from torch's (so torch.manual_seed and worker seeding govern it).

@@ -1,0 +1,69 @@
+"""Builders: an :class:`ExperimentConfig` -> detector, datasets and loaders.
+
+The only place where configs are read into constructor calls (STYLE.md: configs are read in
+one place); derived values (grid, stride, channels) are computed here, never in YAML.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+from coperception.data.dataset import CooperativeDataset
+from coperception.data.formats import open_reader
+from coperception.encoders import ENCODERS
+from coperception.fusion import FUSIONS
+from coperception.heads.anchors import AnchorSize
+from coperception.heads.detection_head import AnchorHead, PostProcess
+from coperception.heads.targets import TargetAssigner
+from coperception.models.config import ExperimentConfig
+from coperception.models.detector import CooperativeDetector
+
+#: Encoders that consume 3D voxels rather than pillars.
+_VOXEL_ENCODERS = {"second"}
+
+
+def build_detector(cfg: ExperimentConfig) -> CooperativeDetector:
+    grid = cfg.data.grid
+    m = cfg.model
+    encoder = ENCODERS[m.encoder.name](grid, **m.encoder.args)
+    h = m.head
+    head = AnchorHead(
+        encoder.out_channels, grid, encoder.stride,
+        anchor_sizes=tuple(AnchorSize(l, w, hh, h.anchor_z) for l, w, hh in h.anchor_sizes),
+        anchor_rotations=tuple(math.radians(r) for r in h.anchor_rotations_deg),
+        use_direction=h.use_direction,
+        assigner=TargetAssigner(h.pos_threshold, h.neg_threshold, standup_plus_one=False),
+        post=PostProcess(max_box_extent=h.max_box_extent),
+    )
+    fusion = None
+    if m.fusion is not None:
+        fusion = FUSIONS[m.fusion.name](grid, encoder.stride, **m.fusion.args)
+    return CooperativeDetector(encoder, head, fusion, mode=cfg.fusion_mode,
+                               single_loss_weight=m.single_loss_weight)
+
+
+def build_dataset(cfg: ExperimentConfig, split: str, *, train: bool, fusion_mode: str | None = None,
+                  return_points: bool = False) -> CooperativeDataset:
+    """The dataset of ``split`` (library split name) for ``fusion_mode`` (default: the experiment's).
+
+    Evaluation of single / late / intermediate inference uses the intermediate layout (every
+    agent's cloud in its own frame); early fusion needs its own fused-cloud samples.
+    """
+    d = cfg.data
+    mode = fusion_mode or cfg.fusion_mode
+    reader = open_reader(d.format, d.root, split)
+    voxelization = "voxels" if cfg.model.encoder.name in _VOXEL_ENCODERS else "pillars"
+    return CooperativeDataset(
+        reader, d.grid, fusion=mode, max_agents=d.max_agents, comm_range=d.comm_range, train=train,
+        pose_noise=d.pose_noise, augment=d.augment if train else None, voxelization=voxelization,
+        max_points_per_pillar=d.max_points_per_pillar, return_points=return_points, on_error=d.on_error,
+        agent_targets=(mode != "early"))
+
+
+def build_loader(dataset: CooperativeDataset, batch_size: int, *, num_workers: int = 0,
+                 shuffle: bool = False) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                                       collate_fn=dataset.collate_fn())

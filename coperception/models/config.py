@@ -1,0 +1,123 @@
+"""The experiment schema: one YAML in ``models/`` describes one experiment.
+
+``data`` (format, root, grid, agents), ``model`` (encoder, fusion, head, each a registry name
+plus constructor arguments), ``train`` (:class:`~coperception.train.trainer.TrainConfig`) and
+``eval`` settings. Experiment YAMLs name ``base: _base.yaml`` and hold only their difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from coperception import config as cfgio
+from coperception.data.augment import AugmentConfig
+from coperception.data.noise import PoseNoise
+from coperception.errors import ConfigError
+from coperception.geometry.grid import BEVGrid
+from coperception.train.trainer import TrainConfig
+
+Range6 = tuple[float, float, float, float, float, float]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the frames come from and how a sample is built (see CooperativeDataset)."""
+
+    format: Literal["opv2v", "dair-v2x"] = "opv2v"
+    root: str = "data/demo"
+    train_split: str = "train"
+    val_split: str = "validate"
+    test_split: str = "test"
+    lidar_range: Range6 = (-51.2, -51.2, -3.0, 51.2, 51.2, 1.0)
+    voxel_size: tuple[float, float, float] = (0.4, 0.4, 4.0)
+    max_agents: int = 5
+    comm_range: float | None = 70.0
+    max_points_per_pillar: int = 32
+    pose_noise: PoseNoise | None = None
+    augment: AugmentConfig | None = None
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @property
+    def grid(self) -> BEVGrid:
+        return BEVGrid(self.lidar_range, self.voxel_size)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registry entry: ``name`` and keyword ``args`` for its constructor (checked at load)."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    anchor_sizes: tuple[tuple[float, float, float], ...] = ((4.5, 2.0, 1.56),)
+    anchor_z: float = -1.0
+    anchor_rotations_deg: tuple[float, ...] = (0.0, 90.0)
+    use_direction: bool = True
+    pos_threshold: float = 0.6
+    neg_threshold: float = 0.45
+    max_box_extent: float | None = 12.0  # OpenCOOD drops > 6 m; the embedded town has trucks
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: Component = Component("pointpillars")
+    fusion: Component | None = Component("max")
+    head: HeadConfig = HeadConfig()
+    #: weight of the per-agent (unfused) detection loss that trains ego-only / late inference
+    #: and the confidence maps used by message selection; 0 disables it.
+    single_loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    score_threshold: float = 0.2
+    nms_threshold: float = 0.15
+    iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)
+    global_sort: bool = True
+    modes: tuple[Literal["single", "late", "early", "intermediate"], ...] = ("single", "late", "intermediate")
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    fusion_mode: Literal["early", "intermediate", "late"] = "intermediate"
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Load and fully validate an experiment YAML (including component constructor arguments)."""
+    cfg = cfgio.load(ExperimentConfig, path)
+    validate_components(cfg, str(path))
+    return cfg
+
+
+def validate_components(cfg: ExperimentConfig, source: str) -> None:
+    """Check registry names and constructor arguments now rather than at build time."""
+    from coperception.encoders import ENCODERS
+    from coperception.fusion import FUSIONS
+
+    enc = cfg.model.encoder
+    if enc.name not in ENCODERS:
+        raise ConfigError(f"{source}: model.encoder.name {enc.name!r} unknown; known: {sorted(ENCODERS)}")
+    cfgio.check_constructor_args(ENCODERS[enc.name], enc.args,
+                                 f"{source}: model.encoder.args")
+    fus = cfg.model.fusion
+    if fus is not None:
+        if fus.name not in FUSIONS:
+            raise ConfigError(f"{source}: model.fusion.name {fus.name!r} unknown; known: {sorted(FUSIONS)}")
+        cfgio.check_constructor_args(FUSIONS[fus.name], fus.args, f"{source}: model.fusion.args")
+    if cfg.fusion_mode == "intermediate" and fus is None:
+        raise ConfigError(f"{source}: fusion_mode 'intermediate' needs model.fusion")
+    for reserved in ("grid", "stride"):
+        for label, comp in (("encoder", enc), ("fusion", fus)):
+            if comp is not None and reserved in comp.args:
+                raise ConfigError(f"{source}: model.{label}.args.{reserved} is derived from data; remove it")
