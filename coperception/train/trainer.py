@@ -178,7 +178,7 @@ class Trainer:
         return values
 
     def fit(self, max_steps: int | None = None) -> None:
-        """Train to the configured epoch count, or stop after global step ``max_steps``."""
+        """Train to the configured epoch count, or stop (with a checkpoint) after global step ``max_steps``."""
         while self.epoch < self.cfg.epochs:
             self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.cfg.batch_size)
             self.loader_generator.manual_seed(self.cfg.seed * 1000 + self.epoch)
@@ -193,6 +193,7 @@ class Trainer:
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                     self.save()
                 if max_steps is not None and self.step >= max_steps:
+                    self.save()
                     return
             log.info("epoch %d done in %.1fs", self.epoch, time.perf_counter() - started)
             self.epoch += 1
