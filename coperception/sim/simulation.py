@@ -11,7 +11,7 @@ Frame timestamps count ticks (with the default 20 Hz ticks they step by 2, as OP
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,13 +34,28 @@ NO_OWN_OBJECT = -2
 @dataclass(frozen=True)
 class AgentSpec:
     """A sensing agent: id (vehicles: their object id, RSUs negative), kind, LiDAR head, the index
-    of its own vehicle among the scene objects (NO_OWN_OBJECT for an RSU) and an RSU's pose."""
+    of its own vehicle among the scene objects (NO_OWN_OBJECT for an RSU), an RSU's sensor pose,
+    and the RSU's reported (virtual LiDAR) frame.
+
+    A road-side LiDAR sits metres above the road and is pitched down. Like DAIR-V2X's "virtual
+    LiDAR", its points are reported in a level frame at the vehicle LiDAR height above the ground
+    under the sensor (same x, y, yaw), so that ground objects fall in the usual z range
+    ([-3, 1] m) of every detector and of OpenCOOD's range filters. ``virtual_from_sensor`` maps
+    the physical sensor frame into it.
+    """
 
     agent_id: str
     kind: AgentKind
     lidar: LidarModel
     own_object: int
     fixed_pose: np.ndarray | None = None
+    reported_pose: np.ndarray | None = None
+
+    @property
+    def virtual_from_sensor(self) -> np.ndarray | None:
+        if self.reported_pose is None or self.fixed_pose is None:
+            return None
+        return np.linalg.inv(self.reported_pose) @ self.fixed_pose
 
 
 class Simulation:
@@ -90,7 +105,8 @@ class Simulation:
                   for i in range(self.population.n_cavs)]
         for k, (x, y, yaw) in enumerate(self.population.rsu_poses):
             pose = se3_from_xyz_rpy(x, y, cfg.lidar.rsu_height, pitch=np.radians(cfg.lidar.rsu_pitch_deg), yaw=yaw)
-            agents.append(AgentSpec(str(-(k + 1)), AgentKind.INFRASTRUCTURE, rsu_model, NO_OWN_OBJECT, pose))
+            virtual = se3_from_xyz_rpy(x, y, cfg.lidar.height, yaw=yaw)
+            agents.append(AgentSpec(str(-(k + 1)), AgentKind.INFRASTRUCTURE, rsu_model, NO_OWN_OBJECT, pose, virtual))
         return agents
 
     def _rsu_poles(self) -> Mesh:
@@ -173,9 +189,12 @@ class Simulation:
         observations = {}
         for k, a in enumerate(self.agents):
             speed = float(speeds[a.own_object]) if a.own_object >= 0 else 0.0
+            pose, pts, cams = poses[k], points[bounds[k]:bounds[k + 1]], cameras[k]
+            if a.virtual_from_sensor is not None:
+                pose, pts, cams = _to_virtual_frame(a, pts, cams)
             observations[a.agent_id] = AgentObservation(
-                agent_id=a.agent_id, kind=a.kind, world_from_lidar=poses[k], points=points[bounds[k]:bounds[k + 1]],
-                cameras=cameras[k], speed=speed, lidar_channels=a.lidar.channels)
+                agent_id=a.agent_id, kind=a.kind, world_from_lidar=pose, points=pts,
+                cameras=cams, speed=speed, lidar_channels=a.lidar.channels)
         objects = ObjectSet(boxes[near], self.ids[near], self.classes[near], speeds[near])
         visibility = {a.agent_id: counts[k][near] for k, a in enumerate(self.agents)}
         return Frame(scenario=self.name, timestamp=self.tick, ego_id=self.agents[0].agent_id,
@@ -248,3 +267,12 @@ class Simulation:
             out.append(tuple(Camera(name, rig.intrinsic, mounts[i], images[i], depths[i])
                              for i, name in enumerate(rig.names)))
         return out
+
+
+def _to_virtual_frame(agent: AgentSpec, points: np.ndarray, cameras) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Re-express an RSU's points (P, 4) and camera mounts in its reported virtual LiDAR frame."""
+    m = agent.virtual_from_sensor
+    moved = points.copy()
+    moved[:, :3] = (points[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]).astype(points.dtype)
+    cams = tuple(replace(c, lidar_from_camera=m @ c.lidar_from_camera) for c in cameras)
+    return agent.reported_pose, moved, cams

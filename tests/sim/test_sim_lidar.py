@@ -89,7 +89,10 @@ def test_noise_dropout_and_intensity(tiny_config):
     for agent_id, obs in clean.observations.items():
         n_clean, n_noisy = len(obs.points), len(noisy.observations[agent_id].points)
         assert 0.6 < n_noisy / n_clean < 0.8  # 30% dropout
-        r = np.linalg.norm(obs.points[:, :3], axis=1)
+        # ranges from the physical sensor: an RSU reports in a virtual frame below its mount
+        lidar = tiny_config().lidar
+        mount = np.array([0.0, 0.0, lidar.rsu_height - lidar.height if obs.is_infrastructure else 0.0])
+        r = np.linalg.norm(obs.points[:, :3] - mount, axis=1)
         assert r.min() >= 0.5 - 1e-4 and r.max() <= 120.0 + 1e-3
         i = obs.points[:, 3]
         assert i.min() >= 0.005 and i.max() <= 1.0 and i.std() > 0.02
@@ -102,11 +105,19 @@ def test_noise_dropout_and_intensity(tiny_config):
 
 
 def test_vehicle_lidar_is_at_roof_height_and_rsu_mounted_high(tiny_config):
-    frame = Simulation(tiny_config(), seed=1).step()
+    cfg = tiny_config()
+    frame = Simulation(cfg, seed=1).step()
     for obs in frame.observations.values():
         z = obs.world_from_lidar[2, 3]
         if obs.is_infrastructure:
-            assert 4.0 <= z <= 7.0 and int(obs.agent_id) < 0
+            # mounted at rsu_height, pitched; reported in a level virtual frame at vehicle LiDAR height
+            assert cfg.lidar.rsu_height >= 4.0 and int(obs.agent_id) < 0
+            assert z == pytest.approx(cfg.lidar.height)
+            assert np.allclose(obs.world_from_lidar[:3, :3] @ [0, 0, 1], [0, 0, 1])
+            top = obs.points[:, 2].max()
+            assert top > cfg.lidar.rsu_height - cfg.lidar.height  # sees buildings above its mount
+            ground = _world_points(obs)[:, 2]
+            assert (np.abs(ground) < 0.05).sum() > 500          # road hits land on z = 0 in the world
         else:
             assert 1.85 <= z <= 3.5 and int(obs.agent_id) > 0
         assert obs.lidar_channels == 16
