@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "coperception.sim.commands",
     "coperception.train.commands",
     "coperception.eval.commands",
+    "coperception.viz.commands",
     "coperception.demo",
 )
 
