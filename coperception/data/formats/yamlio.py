@@ -118,10 +118,74 @@ def to_builtin(obj: Any) -> Any:
     return obj
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _scalar(v: Any) -> str:
+    """One YAML 1.1 scalar that every loader (PyYAML's resolver included) reads back as ``v``."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v:
+            return ".nan"
+        if v in (float("inf"), float("-inf")):
+            return ".inf" if v > 0 else "-.inf"
+        text = repr(v)
+        # PyYAML's float resolver wants a '.' in the mantissa and a signed exponent
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            if "." not in mantissa:
+                mantissa += ".0"
+            if exponent[0] not in "+-":
+                exponent = "+" + exponent
+            text = f"{mantissa}e{exponent}"
+        return text
+    if isinstance(v, str) and v.isascii():
+        return json.dumps(v)  # an ASCII JSON string is a valid double-quoted YAML scalar
+    raise TypeError(type(v).__name__)
+
+
+def _flow(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_flow(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(k)}: {_flow(x)}" for k, x in v.items()) + "}"
+    return _scalar(v)
+
+
+def _key(k: Any) -> str:
+    if isinstance(k, str) and _PLAIN_KEY.match(k) and k.lower() not in ("true", "false", "yes", "no", "on",
+                                                                        "off", "null", "y", "n"):
+        return k
+    return _scalar(k)
+
+
+def _emit(data: dict, indent: str, out: list[str]) -> None:
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.append(f"{indent}{_key(k)}:")
+            _emit(v, indent + "  ", out)
+        else:
+            out.append(f"{indent}{_key(k)}: {_flow(v)}")
+
+
 def dump_yaml_text(data: Any) -> str:
-    """YAML text of ``data`` (numpy values converted); leaf lists in flow style, keys unsorted."""
-    return yaml.dump(to_builtin(data), Dumper=_BaseDumper, default_flow_style=None, sort_keys=False,
-                     width=1 << 16)
+    """YAML text of ``data`` (numpy values converted); mappings in block style, lists in flow style,
+    keys unsorted. A direct emitter (about 10x faster than PyYAML's C dumper on OPV2V frames);
+    anything it does not handle goes through PyYAML."""
+    data = to_builtin(data)
+    if isinstance(data, dict):
+        try:
+            out: list[str] = []
+            _emit(data, "", out)
+            return "\n".join(out) + "\n"
+        except TypeError:
+            pass
+    return yaml.dump(data, Dumper=_BaseDumper, default_flow_style=None, sort_keys=False, width=1 << 16)
 
 
 def dump_yaml(data: Any, path) -> None:
