@@ -69,7 +69,7 @@ class CooperativeBatch:
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
                 value = fn(value)
-            elif isinstance(value, (Pillars, Voxels)):
+            elif isinstance(value, Pillars):  # Voxels too
                 value = type(value)(fn(value.points), fn(value.coords), fn(value.num_points), value.num_agents)
             elif f.name == "points" and value is not None:
                 value = [fn(p) for p in value]

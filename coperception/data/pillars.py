@@ -28,7 +28,17 @@ class Pillars:
     num_agents: int
 
     def to(self, device: torch.device | str) -> "Pillars":
-        return Pillars(self.points.to(device), self.coords.to(device), self.num_points.to(device), self.num_agents)
+        return type(self)(self.points.to(device), self.coords.to(device), self.num_points.to(device),
+                          self.num_agents)
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
+
+
+@dataclass
+class Voxels(Pillars):
+    """Non-empty 3D voxels of a batch of agents' point clouds (SECOND-style encoders).
+
+    The same fields as :class:`Pillars`, except ``coords``: (V, 4) int64
+    ``[agent_index, z, row, col]`` (spconv's batch, z, y, x order).
+    """

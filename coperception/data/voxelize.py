@@ -27,34 +27,11 @@ on CPU and CUDA alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
-from coperception.data.pillars import Pillars
+from coperception.data.pillars import Pillars, Voxels
 from coperception.geometry.grid import BEVGrid
-
-
-@dataclass
-class Voxels:
-    """Non-empty 3D voxels of a batch of agents' point clouds (SECOND-style encoders).
-
-    points: (V, M, 4) float32 raw ``x, y, z, intensity`` of up to M points per voxel, zero padded.
-    coords: (V, 4) int64 ``[agent_index, z, row, col]`` (spconv's batch, z, y, x order).
-    num_points: (V,) int32 number of valid points in each voxel (1..M).
-    num_agents: A, the number of point clouds (agents with no points still count).
-    """
-
-    points: torch.Tensor
-    coords: torch.Tensor
-    num_points: torch.Tensor
-    num_agents: int
-
-    def to(self, device: torch.device | str) -> "Voxels":
-        return Voxels(self.points.to(device), self.coords.to(device), self.num_points.to(device), self.num_agents)
-
-    def __len__(self) -> int:
-        return int(self.coords.shape[0])
 
 
 def _concat(points_list: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
