@@ -1,0 +1,150 @@
+"""Training throughput: our PointPillars intermediate fusion vs OpenCOOD's point_pillar_intermediate.
+
+Both train on the SAME OPV2V files (written by our writer), same batch size, same grid
+(OpenCOOD's hypes ``point_pillar_intermediate_fusion.yaml``: range [-140.8, -40, -3, 140.8, 40, 1],
+0.4 m pillars, 32 points per pillar, backbone [3, 5, 8] / [64, 128, 256], 2 anchors per cell),
+in the same process, one after the other. A step is the whole thing a training loop does: load
+and collate a batch (DataLoader, same worker count), move it to the device, forward, loss,
+backward, optimiser step. OpenCOOD fuses with attention at every backbone scale; ours fuses
+with per-location attention after the backbone (``fusion: attention``), without the direction
+head and the per-agent loss, so that both do comparable work.
+
+    python benchmarks/bench_train.py [--steps 10] [--frames 6] [--agents 3] [--batch 2] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_data import synth_frame, write_split  # noqa: E402
+
+from coperception.models.build import build_dataset, build_detector  # noqa: E402
+from coperception.models.config import Component, ExperimentConfig, HeadConfig, ModelConfig, load_experiment  # noqa: E402
+from coperception.train.device import move_to_device  # noqa: E402
+
+HYPES = "hypes_yaml/point_pillar_intermediate_fusion.yaml"
+RANGE = (-140.8, -40.0, -3.0, 140.8, 40.0, 1.0)
+
+
+def our_config(root: Path, agents: int, batch: int) -> ExperimentConfig:
+    base = load_experiment(Path(__file__).resolve().parents[1] / "models" / "_base.yaml")
+    data = replace(base.data, root=str(root), lidar_range=RANGE, max_agents=agents, augment=None)
+    model = ModelConfig(encoder=base.model.encoder, fusion=Component("attention"),
+                        head=HeadConfig(anchor_sizes=((3.9, 1.6, 1.56),), use_direction=False, max_box_extent=6.0),
+                        single_loss_weight=0.0)
+    return replace(base, data=data, model=model, train=replace(base.train, batch_size=batch))
+
+
+def time_steps(step, batches, steps: int, warmup: int, device) -> float:
+    """Seconds per step over ``steps`` steps after ``warmup`` (the loader is re-iterated as needed)."""
+    it = iter(batches())
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(batches())
+            batch = next(it)
+        step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def ours(root: Path, args, device) -> float:
+    cfg = our_config(root, args.agents, args.batch)
+    torch.manual_seed(0)
+    model = build_detector(cfg).to(device).train()
+    ds = build_dataset(cfg, "train", train=True)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+
+    def loader():
+        return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                                           collate_fn=ds.collate_fn())
+
+    def step(batch):
+        losses = model(move_to_device(batch, device))
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+
+    return time_steps(step, loader, args.steps, args.warmup, device)
+
+
+def opencood(root: Path, args, device) -> float | None:
+    try:
+        import opencood
+        from opencood.data_utils.datasets import IntermediateFusionDataset
+        from opencood.hypes_yaml.yaml_utils import load_yaml
+        from opencood.tools import train_utils
+    except ImportError as exc:  # the GPU machine has no OpenCOOD
+        print(f"OpenCOOD not importable here ({exc}); timing ours only")
+        return None
+    params = load_yaml(str(Path(opencood.__file__).parent / HYPES))
+    params["root_dir"] = params["validate_dir"] = str(root / "train")
+    params["train_params"]["max_cav"] = args.agents
+    params["train_params"]["batch_size"] = args.batch
+    ds = IntermediateFusionDataset(params, visualize=False, train=True)
+    torch.manual_seed(0)
+    model = train_utils.create_model(params).to(device).train()
+    criterion = train_utils.create_loss(params)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+
+    def loader():
+        return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                                           collate_fn=ds.collate_batch_train)
+
+    def step(batch):
+        batch = train_utils.to_device(batch, device)
+        out = model(batch["ego"])
+        loss = criterion(out, batch["ego"]["label_dict"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return time_steps(step, loader, args.steps, args.warmup, device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--agents", type=int, default=3)
+    p.add_argument("--points", type=int, default=70000)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_split(Path(tmp), [synth_frame(rng, 2 * i + 68, args.agents, args.points)
+                                       for i in range(args.frames)], "binary")
+        theirs = opencood(root, args, device)
+        mine = ours(root, args, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nTraining step, batch {args.batch} x {args.agents} agents, {args.points} points each, {name}")
+    print(f"{'implementation':<42}{'s/step':>10}{'it/s':>10}{'ratio':>8}")
+    if theirs is not None:
+        print(f"{'OpenCOOD point_pillar_intermediate':<42}{theirs:>10.3f}{1 / theirs:>10.2f}{1.0:>8.2f}")
+    ratio = f"{theirs / mine:>8.2f}" if theirs is not None else f"{'-':>8}"
+    print(f"{'coperception pointpillars + attention':<42}{mine:>10.3f}{1 / mine:>10.2f}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
