@@ -48,10 +48,17 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def merge(base: dict, override: dict) -> dict:
-    """Recursive merge: mappings merge key by key, every other value in ``override`` replaces."""
+    """Recursive merge: mappings merge key by key, every other value in ``override`` replaces.
+
+    A registry component (a mapping with a ``name``) that names a different component than the
+    base replaces it whole: another encoder's arguments must not inherit the base encoder's.
+    """
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and "name" in value and value["name"] != old.get("name"):
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(old, dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = value

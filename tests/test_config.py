@@ -87,3 +87,11 @@ def test_constructor_args_checked():
         config.check_constructor_args(Module, {"chanels": 4}, "f: args")
     with pytest.raises(ConfigError, match=r"f: args\.channels: expected an integer"):
         config.check_constructor_args(Module, {"channels": "4"}, "f: args")
+
+
+def test_component_with_another_name_replaces_the_base_component():
+    base = {"encoder": {"name": "a", "args": {"x": 1}}, "train": {"lr": 1}}
+    assert config.merge(base, {"encoder": {"name": "b", "args": {"y": 2}}})["encoder"] == {"name": "b", "args": {"y": 2}}
+    assert config.merge(base, {"encoder": {"name": "a", "args": {"y": 2}}})["encoder"] == {
+        "name": "a", "args": {"x": 1, "y": 2}}
+    assert config.merge(base, {"encoder": {"args": {"y": 2}}})["encoder"]["args"] == {"x": 1, "y": 2}

@@ -88,3 +88,24 @@ def test_train_checkpoint_load_and_evaluate(tiny_experiment, tmp_path):
     assert reports["intermediate"].bytes_per_agent_frame() > reports["late"].bytes_per_agent_frame() > 0
     assert all(r.ap.num_frames == 3 for r in reports.values())
     assert np.isfinite(reports["intermediate"].ap.ap(0.3))
+
+
+def test_second_encoder_trains_through_the_same_detector(tiny_experiment):
+    """The voxel path (SECOND, pure-torch sparse convs on CPU) runs through dataset, fusion and head."""
+    from coperception.models.config import Component
+
+    cfg = replace(tiny_experiment,
+                  data=replace(tiny_experiment.data, voxel_size=(0.2, 0.2, 0.5), max_points_per_pillar=5),
+                  model=replace(tiny_experiment.model, encoder=Component("second", {
+                      "sparse_channels": [8, 16], "sparse_blocks": [1, 1], "sparse_out_channels": 16,
+                      "backend": "torch", "layer_nums": [1], "layer_strides": [1], "num_filters": [32],
+                      "upsample_strides": [1], "num_upsample_filters": [32]})))
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    batch = _batch(cfg)
+    assert batch.cells.coords.shape[1] == 4  # [agent, z, row, col] voxels
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    dets = model.eval().predict(batch, "intermediate", score_threshold=0.01)
+    assert len(dets) == 2
