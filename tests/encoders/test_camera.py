@@ -25,14 +25,6 @@ LIDAR_FROM_OPENCV = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0
 K = np.array([[100.0, 0.0, 20.0], [0.0, 100.0, 12.0], [0.0, 0.0, 1.0]])  # for 32 x 48 images
 
 
-@pytest.fixture
-def no_tf32():
-    """Compare CUDA with CPU in full fp32 (cuDNN convolutions default to TF32)."""
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
 
 def _mount(yaw_deg: float, t=(0.5, -0.2, 1.0)) -> np.ndarray:
     c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
