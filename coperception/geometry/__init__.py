@@ -35,7 +35,16 @@ from coperception.geometry.boxes import (
     from_opencood_center,
     to_opencood_center,
 )
-from coperception.geometry.iou import bev_iou, bev_iou_aligned, quad_iou, quad_iou_aligned, standup_iou
+
+_IOU_NAMES = ("bev_iou", "bev_iou_aligned", "quad_iou", "quad_iou_aligned", "standup_iou")
+
+
+def __getattr__(name: str):
+    """The IoU kernels are torch code: imported on first use so numpy-only users start fast."""
+    if name in _IOU_NAMES:
+        from coperception.geometry import iou
+        return getattr(iou, name)
+    raise AttributeError(f"module 'coperception.geometry' has no attribute {name!r}")
 
 __all__ = [
     "carla_pose_to_matrix",

@@ -21,8 +21,9 @@ Functions accept ``np.ndarray`` or ``torch.Tensor`` and return the same kind, dt
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import torch
 
 from coperception.errors import BoxError
 from coperception.geometry.pose import wrap_angle
@@ -36,12 +37,19 @@ _TEMPLATE = 0.5 * np.array(
 _HWL_SWAP = [0, 1, 2, 5, 4, 3, 6]
 
 
+def _torch():
+    """torch, imported on first use: numpy-only callers (the simulator's workers) never pay for it."""
+    import torch
+    return torch
+
+
 def _is_torch(x) -> bool:
-    return isinstance(x, torch.Tensor)
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _stack(arrays, axis: int):
-    return torch.stack(arrays, dim=axis) if _is_torch(arrays[0]) else np.stack(arrays, axis=axis)
+    return _torch().stack(arrays, dim=axis) if _is_torch(arrays[0]) else np.stack(arrays, axis=axis)
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -107,8 +115,8 @@ def validate_corners(corners, name: str = "corners"):
 def boxes_to_corners(boxes):
     """(..., 7) boxes -> (..., 8, 3) corners in OpenCOOD's order (see module docstring)."""
     if _is_torch(boxes):
-        template = torch.as_tensor(_TEMPLATE, dtype=boxes.dtype, device=boxes.device)
-        cos, sin = torch.cos(boxes[..., 6:7]), torch.sin(boxes[..., 6:7])
+        template = _torch().as_tensor(_TEMPLATE, dtype=boxes.dtype, device=boxes.device)
+        cos, sin = _torch().cos(boxes[..., 6:7]), _torch().sin(boxes[..., 6:7])
     else:
         boxes = np.asarray(boxes)
         template = _TEMPLATE.astype(boxes.dtype if boxes.dtype.kind == "f" else np.float64)
@@ -126,8 +134,8 @@ def boxes_to_bev_corners(boxes):
     Equals ``boxes_to_corners(boxes)[..., :4, :2]`` at half the cost (IoU and AP hot path).
     """
     if _is_torch(boxes):
-        template = torch.as_tensor(_TEMPLATE[:4, :2], dtype=boxes.dtype, device=boxes.device)
-        cos, sin = torch.cos(boxes[..., 6:7]), torch.sin(boxes[..., 6:7])
+        template = _torch().as_tensor(_TEMPLATE[:4, :2], dtype=boxes.dtype, device=boxes.device)
+        cos, sin = _torch().cos(boxes[..., 6:7]), _torch().sin(boxes[..., 6:7])
     else:
         boxes = np.asarray(boxes)
         template = _TEMPLATE[:4, :2].astype(boxes.dtype if boxes.dtype.kind == "f" else np.float64)
@@ -159,7 +167,7 @@ def corners_to_boxes(corners):
     width = sum(_norm_xy(v) for v in lefts) / 4
     height = abs((c[..., 4:, 2] - c[..., :4, 2]).mean(-1))
     heading = sum(fronts)
-    atan2 = torch.atan2 if _is_torch(c) else np.arctan2
+    atan2 = _torch().atan2 if _is_torch(c) else np.arctan2
     yaw = wrap_angle(atan2(heading[..., 1], heading[..., 0]))
     return _stack([centre[..., 0], centre[..., 1], centre[..., 2], length, width, height, yaw], axis=-1)
 
@@ -172,11 +180,11 @@ def transform_boxes(matrix, boxes):
     stay upright, as everywhere in OpenCOOD-style pipelines.
     """
     if _is_torch(boxes):
-        m = torch.as_tensor(matrix, dtype=boxes.dtype, device=boxes.device)
+        m = _torch().as_tensor(matrix, dtype=boxes.dtype, device=boxes.device)
         rot = m[..., :3, :3]
         centre = boxes[..., :3] @ rot.transpose(-1, -2) + m[..., None, :3, 3]
-        yaw = wrap_angle(boxes[..., 6] + torch.atan2(m[..., 1, 0], m[..., 0, 0])[..., None])
-        return torch.cat([centre, boxes[..., 3:6], yaw[..., None]], dim=-1)
+        yaw = wrap_angle(boxes[..., 6] + _torch().atan2(m[..., 1, 0], m[..., 0, 0])[..., None])
+        return _torch().cat([centre, boxes[..., 3:6], yaw[..., None]], dim=-1)
     boxes = np.asarray(boxes)
     m = np.asarray(matrix, dtype=np.float64)
     rot = m[..., :3, :3]
@@ -202,8 +210,8 @@ def boxes_in_range_mask(boxes, lidar_range, min_corners: int = 8, use_z: bool = 
         raise BoxError(f"lidar_range must have 6 values (xmin, ymin, zmin, xmax, ymax, zmax), got {r.tolist()}")
     lo, hi = r[:dims], r[3:3 + dims]
     if _is_torch(corners):
-        lo = torch.as_tensor(lo, dtype=corners.dtype, device=corners.device)
-        hi = torch.as_tensor(hi, dtype=corners.dtype, device=corners.device)
+        lo = _torch().as_tensor(lo, dtype=corners.dtype, device=corners.device)
+        hi = _torch().as_tensor(hi, dtype=corners.dtype, device=corners.device)
     pts = corners[..., :dims]
     inside = ((pts >= lo) & (pts <= hi)).all(-1)
     return inside.sum(-1) >= min_corners
@@ -215,7 +223,7 @@ def boxes_to_standup(boxes):
         boxes = boxes_to_bev_corners(boxes)
     xy = boxes[..., :4, :2]
     if _is_torch(xy):
-        return torch.cat([xy.amin(-2), xy.amax(-2)], dim=-1)
+        return _torch().cat([xy.amin(-2), xy.amax(-2)], dim=-1)
     return np.concatenate([xy.min(-2), xy.max(-2)], axis=-1)
 
 
