@@ -69,29 +69,6 @@ def generate_data(root: Path, presets: list[str], scenarios: int, frames: int, s
                   f"{100 * only / max(in_range, 1):.1f}%")
 
 
-def render_example_at(cfg, model, path: Path, *, split: str, index: int, mode: str = "intermediate",
-                      resolution: float = 0.1) -> Path:
-    """BEV picture of one frame: all agents' points in the ego frame, GT (green), detections (red)."""
-    from coperception.errors import ConfigError
-    from coperception.geometry.pose import transform_points
-    from coperception.models.build import build_dataset
-    from coperception.viz.bev import View, render_bev, save_png
-
-    ds = build_dataset(cfg, split, train=False, fusion_mode="intermediate", return_points=True)
-    if not 0 <= index < len(ds):
-        raise ConfigError(f"frame index {index}: split {split!r} of {cfg.data.root} has {len(ds)} frames")
-    batch = ds.collate_fn()([ds[index]])
-    dets = model.predict(batch, mode, score_threshold=cfg.eval.score_threshold,
-                         nms_threshold=cfg.eval.nms_threshold)[0]
-    tf = batch.ego_from_agent.double().numpy()
-    points = [transform_points(m, p.numpy()) for m, p in zip(tf, batch.points)]
-    r = cfg.data.lidar_range
-    view = View((r[0], r[3]), (r[1], r[4]), resolution)
-    gt = batch.gt_boxes[0][batch.gt_mask[0]].numpy()
-    image = render_bev(points, gt_boxes=gt, pred_boxes=dets.boxes, agent_xy=tf[:, :2, 3], view=view)
-    return save_png(image, path)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
@@ -113,15 +90,15 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.epochs:
         cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
     run_dir = args.out / "run"
-    from coperception.models.build import build_dataset
-    steps = cfg.train.epochs * -(-len(build_dataset(cfg, cfg.data.train_split, train=True)) // cfg.train.batch_size)
-    with RichProgress(steps, True) as progress:
+    with RichProgress(True) as progress:
         train_experiment(cfg, run_dir, hooks=[progress], dist=init_distributed("cpu"))
     checkpoint = run_dir / "checkpoints" / "last.pt"
     cfg, model = load_detector(checkpoint, "cpu")
     reports = evaluate_experiment(cfg, model, split=cfg.data.test_split, device="cpu")
     console.print(results_table(reports, f"demo: {cfg.name} on {cfg.data.root} [test]"))
     write_report(reports, args.out / "results.json", {"checkpoint": str(checkpoint), "config": cfg.name})
+    from coperception.viz.detections import render_example_at
+
     picture = render_example_at(cfg, model, args.out / "bev.png", split=cfg.data.test_split,
                                 index=0)
     console.print(f"results: {args.out / 'results.json'}; BEV picture: {picture}; "

@@ -22,18 +22,26 @@ def register(subparsers) -> None:
 
 
 class RichProgress:
-    """Trainer hook: a rich progress bar with the running loss."""
+    """Trainer hook: a rich progress bar with the running loss.
 
-    def __init__(self, total_steps: int, enabled: bool) -> None:
+    The total comes from the trainer itself (epochs x steps per epoch, capped by ``max_steps``).
+    """
+
+    def __init__(self, enabled: bool, max_steps: int | None = None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]:.3f}"),
                                  TimeRemainingColumn(), disable=not enabled)
-        self.task = self.progress.add_task("train", total=total_steps, epoch=0, loss=float("nan"))
+        self.max_steps = max_steps
+        self.task = self.progress.add_task("train", total=None, epoch=0, loss=float("nan"))
 
     def on_step_end(self, trainer, values) -> None:
-        self.progress.update(self.task, completed=trainer.step, epoch=trainer.epoch, loss=values["loss"])
+        total = trainer.cfg.epochs * trainer.steps_per_epoch
+        if self.max_steps:
+            total = min(total, self.max_steps)
+        self.progress.update(self.task, total=total, completed=trainer.step, epoch=trainer.epoch,
+                             loss=values["loss"])
 
     def __enter__(self):
         self.progress.start()
@@ -56,8 +64,6 @@ def apply_overrides(cfg, args):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import math
-
     from coperception.models.config import load_experiment
     from coperception.models.experiment import train_experiment
     from coperception.train import init_distributed
@@ -69,12 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
         last = out / "checkpoints" / "last.pt"
         resume = last if last.exists() else None
     dist = init_distributed(args.device)
-    from coperception.models.build import build_dataset
-    steps = cfg.train.epochs * math.ceil(len(build_dataset(cfg, cfg.data.train_split, train=True))
-                                         / dist.world_size / cfg.train.batch_size)
-    if args.max_steps:
-        steps = min(steps, args.max_steps)
-    with RichProgress(steps, dist.is_main) as progress:
+    with RichProgress(dist.is_main, args.max_steps) as progress:
         trainer = train_experiment(cfg, out, resume=resume, hooks=[progress], dist=dist, max_steps=args.max_steps)
     if dist.is_main:
         print(f"trained {trainer.step} steps; checkpoint: {out / 'checkpoints' / 'last.pt'}; "

@@ -57,7 +57,7 @@ def run_viz(args: argparse.Namespace) -> int:
     from coperception.viz.bev import save_png
 
     if args.checkpoint is not None:
-        from coperception.demo import render_example_at
+        from coperception.viz.detections import render_example_at
         from coperception.models.experiment import load_detector
 
         cfg, model = load_detector(args.checkpoint, "cpu", data_root=str(args.data) if args.data else None)

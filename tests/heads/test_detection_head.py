@@ -106,14 +106,6 @@ def surface_points(boxes: torch.Tensor, per_box: int, ground: int, seed: int) ->
     return torch.cat([obj, gp]).float()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions: one thread is faster and immune to oversubscription on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_overfit_two_frames(one_thread):
     torch.manual_seed(0)
