@@ -60,6 +60,10 @@ class CooperativeDetector(nn.Module):
 
     # -- shared steps --------------------------------------------------------------------------
     def encode(self, batch: CooperativeBatch) -> BEVFeatures:
+        """Every agent's BEV map. An encoder with ``consumes_batch = True`` (multi-sensor /
+        heterogeneous agents) reads the whole batch; a LiDAR encoder reads the voxelised cells."""
+        if getattr(self.encoder, "consumes_batch", False):
+            return self.encoder(batch)
         if batch.cells is None:
             raise ConfigError("batch has no voxelised cells: build the dataset with voxelization enabled")
         return self.encoder(batch.cells)
