@@ -27,7 +27,30 @@ def register(subparsers) -> None:
     e.add_argument("--max-frames", type=int, default=None, help="evaluate only the first N frames")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    e.add_argument("--strategy", default=None, metavar="SPEC",
+                   help="communication strategy of intermediate inference (see `coperception sweep -h`); "
+                        "default: the checkpoint's")
+    e.add_argument("--budget", type=int, default=None, help="bytes per agent per frame (default: eval.budget_bytes)")
+    e.add_argument("--loss-prob", type=float, default=0.0, help="channel: probability a message is lost")
+    e.add_argument("--corrupt-prob", type=float, default=0.0, help="channel: probability of bit errors (CRC drops it)")
+    e.add_argument("--pose-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("XY_STD_M", "YAW_STD_DEG"),
+                   help="channel: Gaussian noise on the sender's announced pose")
+    e.add_argument("--seed", type=int, default=0, help="channel seed")
     e.set_defaults(func=run_eval)
+    w = subparsers.add_parser("sweep", help="AP against measured bytes for strategies x budgets (table, JSON, plot)",
+                              description=_SWEEP_DOC)
+    w.add_argument("--checkpoint", required=True, type=Path, help="a trained detector (its encoder, fusion, head)")
+    w.add_argument("--strategies", nargs="+", default=["single", "late", "dense", "where2comm", "supply_demand"],
+                   metavar="SPEC", help="strategy specs (default: %(default)s)")
+    w.add_argument("--budgets", nargs="+", default=["none", "100000", "20000", "5000", "1000"], metavar="B",
+                   help="bytes per agent per frame; 'none' = unlimited (default: %(default)s)")
+    w.add_argument("--split", default=None, help="library split name (default: the config's test split)")
+    w.add_argument("--data-root", default=None, help="override data.root of the saved config")
+    w.add_argument("--max-frames", type=int, default=None, help="evaluate only the first N frames")
+    w.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    w.add_argument("--json", type=Path, default=None, help="write every point to this JSON file")
+    w.add_argument("--plot", type=Path, default=None, help="write AP@0.5 / AP@0.7 vs log2(bytes) plots (PNG)")
+    w.set_defaults(func=run_sweep_command)
     p = subparsers.add_parser("eval-boxes", help="AP of saved detections vs ground truth (OpenCOOD protocol)",
                               description=__doc__.splitlines()[0])
     p.add_argument("--detections", required=True, type=Path, help="detections file (.npz or .json)")
@@ -95,6 +118,25 @@ def results_table(reports, title: str):
     return table
 
 
+_SWEEP_DOC = """Bandwidth sweep of a trained detector: every strategy at every budget on the same frames
+(encoded once). SPEC: single | late | dense | where2comm | supply_demand | codebook, optionally
+NAME:key=value,... (e.g. where2comm:request=true,threshold=0.05), or ckpt:PATH for the trained
+strategy of another checkpoint (codebook / compressor weights). Strategies without a budget
+dependence (single) are evaluated once."""
+
+
+def _channel_factory(args):
+    import math
+
+    from coperception.comm.channel import Channel
+
+    xy, yaw = args.pose_noise
+    if not (args.loss_prob or args.corrupt_prob or xy or yaw):
+        return None
+    return lambda: Channel(seed=args.seed, loss_prob=args.loss_prob, corrupt_prob=args.corrupt_prob,
+                           pose_noise_xyz_std=(xy, xy, 0.0), pose_noise_yaw_std=math.radians(yaw))
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint: a table on the console and optionally JSON."""
     import torch
@@ -108,10 +150,94 @@ def run_eval(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.test_split
     with Progress(transient=True) as progress:
         task = progress.add_task(f"eval {split}", total=None)
+        strategy = None
+        if args.strategy is not None:
+            from coperception.eval.sweep import parse_strategy
+            _, strategy, _ = parse_strategy(args.strategy, model, device)
         reports = evaluate_experiment(cfg, model, split=split, modes=args.modes, device=device,
                                       global_sort=args.global_sort, max_frames=args.max_frames,
-                                      on_batch=lambda n: progress.advance(task, n))
+                                      on_batch=lambda n: progress.advance(task, n), budget=args.budget,
+                                      strategy=strategy, channel_factory=_channel_factory(args))
     Console().print(results_table(reports, f"{cfg.name} on {cfg.data.root} [{split}]"))
     if args.json is not None:
         write_report(reports, args.json, {"checkpoint": str(args.checkpoint), "split": split, "config": cfg.name})
     return 0
+
+
+def _budgets(values) -> list[int | None]:
+    from coperception.errors import ConfigError
+
+    out = []
+    for v in values:
+        if str(v).lower() == "none":
+            out.append(None)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise ConfigError(f"--budgets: {v!r} is neither an integer number of bytes nor 'none'") from None
+    return out
+
+
+def sweep_table(points, title: str):
+    from rich.table import Table
+
+    first = points[0].result
+    table = Table(title=title, caption=f"AP ranking: {first.variant}; {first.num_frames} frames, {first.num_gt} GT; "
+                                       f"bytes = len(wire encoding), requests and supply maps included")
+    for col in ("strategy", "budget B", *[f"AP@{t.iou_threshold:g}" for t in first.thresholds],
+                "bytes/agent/frame", "log2 B", "Mbps@10Hz/link"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for p in points:
+        s = p.comm.summary()
+        aps = [f"{100 * t.ap:.2f}" for t in p.result.thresholds]
+        sent = s.bytes_per_agent_frame
+        table.add_row(p.label, "-" if p.budget is None else f"{p.budget:,}", *aps, f"{sent:,.0f}",
+                      f"{s.log2_bytes_per_agent_frame:.2f}" if sent else "-", f"{s.mbps_per_link:.3f}")
+    return table
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Run the sweep; table on the console, optional JSON and plots."""
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from coperception.eval.sweep import SweepPoint, parse_strategy, plot_sweep, run_sweep
+    from coperception.models.build import build_dataset, build_loader
+    from coperception.models.experiment import load_detector
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root)
+    budgets = _budgets(args.budgets)
+    points = []
+    for spec in args.strategies:
+        label, strat, mode = parse_strategy(spec, model, device)
+        for budget in ([None] if strat is None else budgets):
+            points.append(SweepPoint(label, strat, budget, mode))
+    split = args.split or cfg.data.test_split
+    dataset = build_dataset(cfg, split, train=False, fusion_mode="intermediate")
+    if args.max_frames is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.max_frames, len(dataset))))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=_collate_of(dataset))
+    with Progress() as progress:
+        task = progress.add_task(f"sweep {len(points)} points", total=len(dataset))
+        run_sweep(model, loader, points, lidar_range=cfg.data.lidar_range, iou_thresholds=cfg.eval.iou_thresholds,
+                  global_sort=cfg.eval.global_sort, score_threshold=cfg.eval.score_threshold,
+                  nms_threshold=cfg.eval.nms_threshold, device=device, on_batch=lambda n: progress.advance(task, n))
+    Console().print(sweep_table(points, f"bandwidth sweep: {cfg.name} on {cfg.data.root} [{split}]"))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"checkpoint": str(args.checkpoint), "split": split, "points": [p.row() for p in points]}
+        args.json.write_text(json.dumps(doc, indent=2, default=float))
+    if args.plot is not None:
+        for iou in (0.5, 0.7):
+            out = args.plot.with_name(f"{args.plot.stem}_ap{int(iou * 100)}{args.plot.suffix or '.png'}")
+            plot_sweep(points, out, iou)
+            Console().print(f"plot: {out}")
+    return 0
+
+
+def _collate_of(dataset):
+    inner = getattr(dataset, "dataset", dataset)
+    return inner.collate_fn()

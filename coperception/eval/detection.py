@@ -15,7 +15,6 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from coperception.comm.volume import CommStats
-from coperception.comm.wire import encode
 from coperception.eval.ap import APEvaluator, APResult
 from coperception.geometry.boxes import boxes_in_range_mask
 
@@ -39,23 +38,32 @@ class ModeReport:
 def evaluate_detector(model: torch.nn.Module, batches: Iterable, modes: Sequence[str], *,
                       lidar_range: Sequence[float], iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
                       global_sort: bool = True, score_threshold: float = 0.2, nms_threshold: float = 0.15,
-                      device: torch.device | str = "cpu",
+                      device: torch.device | str = "cpu", budget: int | None = None, strategy=None,
+                      channel_factory: Callable[[], object] | None = None,
                       on_batch: Callable[[int], None] | None = None) -> dict[str, ModeReport]:
-    """Run ``model.infer`` over ``batches`` for each mode and collect AP and message sizes."""
+    """Run ``model.infer`` over ``batches`` for each mode and collect AP and message sizes.
+
+    budget: bytes per agent per frame (None = unlimited); strategy: overrides the model's
+    communication strategy for intermediate inference; channel_factory: makes one fresh
+    :class:`~coperception.comm.channel.Channel` per mode (same seed -> same losses for every mode).
+    Every transmission's bytes are recorded, requests and supply maps included.
+    """
     model.eval()
     evaluators = {m: APEvaluator(tuple(iou_thresholds)) for m in modes}
     comms = {m: CommStats() for m in modes}
+    channels = {m: channel_factory() if channel_factory is not None else None for m in modes}
     frame = 0
     for batch in batches:
         batch = batch.to(device)
         for mode in modes:
-            out = model.infer(batch, mode, score_threshold=score_threshold, nms_threshold=nms_threshold)
+            out = model.infer(batch, mode, score_threshold=score_threshold, nms_threshold=nms_threshold,
+                              budget=budget, strategy=strategy, channel=channels[mode], frame_index=frame)
             for b, dets in enumerate(out.detections):
                 keep = boxes_in_range_mask(dets.boxes, lidar_range, min_corners=8, use_z=False)
                 gt = batch.gt_boxes[b][batch.gt_mask[b]].double().cpu().numpy()
                 evaluators[mode].add_frame(dets.boxes[keep], dets.scores[keep], gt)
-                for msg in out.messages[b]:
-                    comms[mode].record(frame + b, msg.sender_id, [str(batch.agent_ids[b][0])], len(encode(msg)))
+                for s in out.sent[b]:
+                    comms[mode].record(frame + b, s.message.sender_id, s.receivers, s.nbytes)
         frame += len(batch)
         if on_batch is not None:
             on_batch(len(batch))

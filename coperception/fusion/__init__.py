@@ -11,7 +11,7 @@
 
 from coperception.fusion.early import fuse_points
 from coperception.fusion.intermediate import (AttentionFusion, BEVFusion, FCooperFusion, MaxFusion,
-                                              MultiScaleFusion, stack_agents)
+                                              MultiScaleFusion, Where2commFusion, stack_agents)
 from coperception.fusion.late import LateFusion, fuse_detections
 from coperception.fusion.warp import warp_to_ego, warp_with_valid
 
@@ -20,8 +20,9 @@ FUSIONS: dict[str, type[BEVFusion]] = {
     "max": MaxFusion,
     "fcooper": FCooperFusion,
     "attention": AttentionFusion,
+    "where2comm": Where2commFusion,
 }
 
 __all__ = ["FUSIONS", "AttentionFusion", "BEVFusion", "FCooperFusion", "LateFusion", "MaxFusion",
-           "MultiScaleFusion", "fuse_detections", "fuse_points", "stack_agents", "warp_to_ego",
+           "MultiScaleFusion", "Where2commFusion", "fuse_detections", "fuse_points", "stack_agents", "warp_to_ego",
            "warp_with_valid"]

@@ -31,6 +31,7 @@ Methods:
   for Perception with Vehicle-to-Vehicle Communication" (Xu et al., ICRA 2022): at each location,
   parameter-free scaled dot-product self-attention over the agents' C-dim feature vectors; the
   ego's output row is kept. Only the ego row is computed (the other rows are discarded anyway).
+* :class:`Where2commFusion` -- attention restricted to the cells each agent transmitted.
 * :class:`MultiScaleFusion` -- one fusion per backbone level (HEAL/CoAlign multi-scale fusion):
   takes a list of per-level maps, returns the list of fused maps.
 """
@@ -193,6 +194,19 @@ class AttentionFusion(BEVFusion):
         scores = scores.masked_fill(~keys, -1e30)
         weights = torch.softmax(scores, dim=1).to(x.dtype) * keys.any(dim=1, keepdim=True)
         return torch.einsum("blhw,blchw->bchw", weights, x)
+
+
+class Where2commFusion(AttentionFusion):
+    """Where2comm's fusion of *sparse* messages (Hu et al., NeurIPS 2022, ``AttenFusion``): per
+    location, the ego's vector attends over the agents that actually sent that cell. The
+    selection mask of each received map (1 = cell transmitted, in the sender's frame) is warped
+    with the features; unsent and out-of-view cells are excluded from the softmax instead of
+    entering as zero keys, so a sparse message never dilutes the ego's feature where it is
+    silent. The ego's own map is always complete.
+    """
+
+    def __init__(self, grid: BEVGrid, stride: int, warp_mode: str = "bilinear") -> None:
+        super().__init__(grid, stride, mask_invalid=True, warp_mode=warp_mode)
 
 
 class MultiScaleFusion(nn.Module):

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 
+from coperception.comm.strategies import build_strategy
 from coperception.data.dataset import CooperativeDataset
 from coperception.data.formats import open_reader
 from coperception.encoders import ENCODERS
@@ -41,8 +42,11 @@ def build_detector(cfg: ExperimentConfig) -> CooperativeDetector:
     fusion = None
     if m.fusion is not None:
         fusion = FUSIONS[m.fusion.name](grid, encoder.stride, **m.fusion.args)
+    comm = None
+    if m.comm is not None:
+        comm = build_strategy(m.comm.name, encoder.out_channels, grid, encoder.stride, **m.comm.args)
     return CooperativeDetector(encoder, head, fusion, mode=cfg.fusion_mode,
-                               single_loss_weight=m.single_loss_weight)
+                               single_loss_weight=m.single_loss_weight, comm=comm)
 
 
 def build_dataset(cfg: ExperimentConfig, split: str, *, train: bool, fusion_mode: str | None = None,

@@ -71,6 +71,9 @@ class ModelConfig:
     #: weight of the per-agent (unfused) detection loss that trains ego-only / late inference
     #: and the confidence maps used by message selection; 0 disables it.
     single_loss_weight: float = 1.0
+    #: communication strategy of intermediate fusion (comm.strategies.STRATEGIES name + args);
+    #: None = dense fp32 maps.
+    comm: Component | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class EvalConfig:
     nms_threshold: float = 0.15
     iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)
     global_sort: bool = True
+    #: bytes per agent per frame for intermediate / late inference (None = unlimited)
+    budget_bytes: int | None = None
     modes: tuple[Literal["single", "late", "early", "intermediate"], ...] = ("single", "late", "intermediate")
     batch_size: int = 1
 
@@ -115,6 +120,17 @@ def validate_components(cfg: ExperimentConfig, source: str) -> None:
         if fus.name not in FUSIONS:
             raise ConfigError(f"{source}: model.fusion.name {fus.name!r} unknown; known: {sorted(FUSIONS)}")
         cfgio.check_constructor_args(FUSIONS[fus.name], fus.args, f"{source}: model.fusion.args")
+    comm = cfg.model.comm
+    if comm is not None:
+        from coperception.comm.strategies import STRATEGIES
+        if comm.name not in STRATEGIES:
+            raise ConfigError(f"{source}: model.comm.name {comm.name!r} unknown; known: {sorted(STRATEGIES)}")
+        cfgio.check_constructor_args(STRATEGIES[comm.name], comm.args, f"{source}: model.comm.args")
+        for reserved in ("channels", "grid", "stride"):
+            if reserved in comm.args:
+                raise ConfigError(f"{source}: model.comm.args.{reserved} is derived from the encoder; remove it")
+    if cfg.eval.budget_bytes is not None and cfg.eval.budget_bytes < 0:
+        raise ConfigError(f"{source}: eval.budget_bytes must be >= 0, got {cfg.eval.budget_bytes}")
     if cfg.fusion_mode == "intermediate" and fus is None:
         raise ConfigError(f"{source}: fusion_mode 'intermediate' needs model.fusion")
     for reserved in ("grid", "stride"):

@@ -11,6 +11,12 @@ module (STYLE.md: compose, don't copy variants):
 Training in intermediate mode adds a per-agent ("single") loss on the unfused maps, as
 Where2comm does, so that one trained model also serves ego-only and late inference and yields
 the per-agent confidence maps that message selection needs.
+
+Communication (:mod:`coperception.comm`): in intermediate and late inference every collaborator's
+message is chosen by a :class:`~coperception.comm.select.Strategy` within a byte budget, encoded
+to bytes, optionally carried by a :class:`~coperception.comm.channel.Channel` (loss, corruption,
+pose noise) and *decoded* by the ego, which fuses only what it rebuilt from those bytes. In
+training the strategy's differentiable ``simulate`` stands in for the byte path.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from coperception.comm.message import Boxes as BoxesPayload
-from coperception.comm.message import DenseFeatures, Message
+from coperception.comm.message import Message
+from coperception.comm.select import SampleView, Sent, Strategy
+from coperception.comm.strategies import DenseStrategy, LateStrategy
+from coperception.comm.wire import decode
 from coperception.data.collate import CooperativeBatch
 from coperception.data.records import Detections
 from coperception.encoders.base import BEVFeatures
@@ -47,16 +57,20 @@ def ego_rows(agents_per_sample: torch.Tensor) -> torch.Tensor:
 class CooperativeDetector(nn.Module):
     """encoder: cells -> BEVFeatures; fusion: a BEVFusion (None for early/late/single models);
     head: AnchorHead on the encoder's grid and stride; mode: the training mode;
-    single_loss_weight: weight of the per-agent loss in intermediate training (0 disables it).
+    single_loss_weight: weight of the per-agent loss in intermediate training (0 disables it);
+    comm: the communication strategy of intermediate inference (default: dense fp32 maps).
     """
 
     def __init__(self, encoder: nn.Module, head: AnchorHead, fusion: nn.Module | None = None, *,
-                 mode: Mode = "intermediate", single_loss_weight: float = 1.0) -> None:
+                 mode: Mode = "intermediate", single_loss_weight: float = 1.0, comm: Strategy | None = None) -> None:
         super().__init__()
         if mode == "intermediate" and fusion is None:
             raise ConfigError("intermediate mode needs a fusion module")
         self.encoder, self.head, self.fusion = encoder, head, fusion
         self.mode, self.single_loss_weight = mode, float(single_loss_weight)
+        channels, grid, stride = encoder.out_channels, head.grid, head.stride
+        self.comm = comm if comm is not None else DenseStrategy(channels, grid, stride, "fp32")
+        self._late = LateStrategy(channels, grid, stride)
 
     # -- shared steps --------------------------------------------------------------------------
     def encode(self, batch: CooperativeBatch) -> BEVFeatures:
@@ -71,8 +85,9 @@ class CooperativeDetector(nn.Module):
     def fuse(self, feats: BEVFeatures, batch: CooperativeBatch, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.fusion(feats.features, batch.agents_per_sample, batch.ego_from_agent, mask)
 
-    def _loss(self, features: torch.Tensor, gt: list[torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-        preds = self.head(features)
+    def _loss(self, preds, gt: list[torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        if isinstance(preds, torch.Tensor):
+            preds = self.head(preds)
         losses = self.head.loss(preds, self.head.targets(gt))
         return {f"{prefix}{k}": v for k, v in losses.items()}
 
@@ -92,75 +107,136 @@ class CooperativeDetector(nn.Module):
             return self._loss(feats.features, self._agent_gt(batch))
         if self.mode == "single":
             return self._loss(feats.features[ego_rows(batch.agents_per_sample)], gt)
-        losses = self._loss(self.fuse(feats, batch), gt)
+        agent_preds = self.head(feats.features)
+        conf = self.head.confidence_map(agent_preds).detach()
+        x, mask, aux = self.comm.simulate(feats.features, conf, batch.agents_per_sample)
+        losses = self._loss(self.fusion(x, batch.agents_per_sample, batch.ego_from_agent, mask), gt)
         if self.single_loss_weight > 0:
-            single = self._loss(feats.features, self._agent_gt(batch), prefix="single_")
+            single = self._loss(agent_preds, self._agent_gt(batch), prefix="single_")
             losses.update({k: self.single_loss_weight * v for k, v in single.items()})
+        losses.update(aux)
+        for name, value in getattr(feats, "aux_losses", {}).items():
+            losses[name] = value
         return losses
 
     # -- inference -----------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, batch: CooperativeBatch, mode: Mode | None = None, *, score_threshold: float = 0.2,
-              nms_threshold: float = 0.15) -> Inference:
-        """Detections in each sample's ego frame, plus what each collaborator sent for them.
+              nms_threshold: float = 0.15, budget: int | None = None, strategy: Strategy | None = None,
+              channel=None, frame_index: int = 0) -> Inference:
+        """Detections in each sample's ego frame, plus every transmission made for them.
 
-        The messages are what the mode transmits: ``intermediate`` sends each collaborator's full
-        BEV map (fp32, the dense baseline), ``late`` its detections; ``single`` and ``early``
-        (raw points are not a wire payload) report none.
+        ``late`` sends boxes, ``intermediate`` whatever ``strategy`` (default ``self.comm``)
+        selects; ``budget`` is bytes per agent per frame; ``channel`` (a Channel with zero latency)
+        carries the bytes, sample ``b`` at frame ``frame_index + b``. ``single`` and ``early``
+        (raw points are not a wire payload) send nothing.
         """
         mode = mode or self.mode
         feats = self.encode(batch)
-        decode = dict(score_threshold=score_threshold, nms_threshold=nms_threshold)
+        decode_args = dict(score_threshold=score_threshold, nms_threshold=nms_threshold)
         counts = batch.agents_per_sample.tolist()
         if mode == "early":
-            return Inference(self.head.decode(self.head(feats.features), **decode), [[] for _ in counts])
+            return Inference(self.head.decode(self.head(feats.features), **decode_args), [[] for _ in counts])
         if mode == "single":
-            dets = self.head.decode(self.head(feats.features[ego_rows(batch.agents_per_sample)]), **decode)
+            dets = self.head.decode(self.head(feats.features[ego_rows(batch.agents_per_sample)]), **decode_args)
             return Inference(dets, [[] for _ in counts])
-        if mode == "intermediate":
-            if self.fusion is None:
-                raise ConfigError("this model has no fusion module: intermediate inference is impossible")
-            dets = self.head.decode(self.head(self.fuse(feats, batch)), **decode)
-            return Inference(dets, self._messages(batch, lambda i: DenseFeatures(feats.features[i].float().cpu())))
-        if mode == "late":
-            per_agent = self.head.decode(self.head(feats.features), **decode)
-            out, start = [], 0
-            for count in counts:
-                tf = batch.ego_from_agent[start:start + count].double().cpu().numpy()
-                out.append(fuse_detections(per_agent[start:start + count], tf, iou_threshold=nms_threshold))
-                start += count
-            return Inference(out, self._messages(
-                batch, lambda i: BoxesPayload(per_agent[i].boxes, per_agent[i].scores, per_agent[i].labels)))
-        raise ConfigError(f"unknown inference mode {mode!r}")
+        if mode not in ("late", "intermediate"):
+            raise ConfigError(f"unknown inference mode {mode!r}")
+        if mode == "intermediate" and self.fusion is None:
+            raise ConfigError("this model has no fusion module: intermediate inference is impossible")
+        if channel is not None and (channel.latency or channel.jitter):
+            raise ConfigError("detector inference runs frames independently: channel latency needs the "
+                              "sequential closed-loop evaluation (use latency_frames = 0 here)")
+        strat = self._late if mode == "late" else (strategy or self.comm)
+        return self.communicate(batch, feats, strat, budget, channel, frame_index, decode_args)
+
+    @torch.no_grad()
+    def communicate(self, batch: CooperativeBatch, feats: BEVFeatures, strat: Strategy, budget: int | None,
+                    channel, frame_index: int, decode_args: dict) -> Inference:
+        """Intermediate / late inference from already encoded maps (a bandwidth sweep encodes once):
+        select -> encode -> (channel) -> decode -> fuse -> detect, per sample."""
+        preds = self.head(feats.features)
+        conf = self.head.confidence_map(preds)
+        dets = self.head.decode(preds, **decode_args) if strat.needs_detections or not strat.sends_features else None
+        occ = occupancy_maps(batch, self.head.grid, self.head.stride) if strat.needs_occupancy else None
+        counts = batch.agents_per_sample.tolist()
+        transmissions, received, start = [], [], 0
+        for b, count in enumerate(counts):
+            rows = slice(start, start + count)
+            view = SampleView(batch.agent_ids[b], frame_index + b, feats.features[rows], conf[rows],
+                              batch.ego_from_agent[rows], None if occ is None else occ[rows],
+                              None if dets is None else dets[rows])
+            sends = strat.transmit(view, budget)
+            transmissions.append(sends)
+            received.append(strat.receive(_deliver(sends, str(batch.agent_ids[b][0]), channel, frame_index + b),
+                                          feats.features.device))
+            start += count
+        egos = ego_rows(batch.agents_per_sample)
+        if strat.sends_features:
+            base = self._fuse_received(feats.features, egos, received, decode_args)
+        else:
+            base = [dets[int(r)] for r in egos]
+        out = []
+        for b, rx in enumerate(received):
+            if not rx.boxes:
+                out.append(base[b])
+                continue
+            sets = [base[b]] + [Detections(p.boxes, p.scores * strat.box_beta, p.labels) for p, _ in rx.boxes]
+            poses = np.stack([np.eye(4)] + [pose for _, pose in rx.boxes])
+            out.append(fuse_detections(sets, poses, iou_threshold=decode_args["nms_threshold"]))
+        return Inference(out, transmissions)
+
+    def _fuse_received(self, features: torch.Tensor, egos: torch.Tensor, received, decode_args) -> list[Detections]:
+        """Fuse each ego's own map with the maps it rebuilt from the bytes, then detect."""
+        maps, masks, poses, counts = [], [], [], []
+        device, dtype = features.device, features.dtype
+        for b, rx in enumerate(received):
+            ego = features[int(egos[b])]
+            maps += [ego] + [f.to(dtype) for f in rx.features]
+            masks += [torch.ones_like(ego[:1])] + [m.to(dtype) for m in rx.masks]
+            poses += [torch.eye(4, device=device)] + [torch.as_tensor(p, dtype=torch.float32, device=device)
+                                                      for p in rx.poses]
+            counts.append(1 + len(rx.features))
+        fused = self.fusion(torch.stack(maps), torch.tensor(counts), torch.stack(poses), torch.stack(masks))
+        return self.head.decode(self.head(fused), **decode_args)
 
     def predict(self, batch: CooperativeBatch, mode: Mode | None = None, **decode) -> list[Detections]:
         """Detections in each sample's ego frame, one per sample."""
         return self.infer(batch, mode, **decode).detections
 
-    @staticmethod
-    def _messages(batch: CooperativeBatch, payload_of) -> list[list[Message]]:
-        """One message per collaborator (non-ego agent) of each sample, carrying ``payload_of(row)``.
 
-        The pose field carries the sender's pose in the sample's ego frame: the batch holds
-        relative poses only, and a receiver needs nothing else (any common world frame gives the
-        same relative transform and the same encoded size).
-        """
-        out, start = [], 0
-        for b, count in enumerate(batch.agents_per_sample.tolist()):
-            scenario_ts = batch.keys[b][1]
-            msgs = []
-            for k in range(1, count):
-                row = start + k
-                pose = batch.ego_from_agent[row].double().cpu().numpy()
-                msgs.append(Message(str(batch.agent_ids[b][k]), int(scenario_ts), pose, payload_of(row)))
-            out.append(msgs)
-            start += count
-        return out
+def _deliver(sends: list[Sent], ego: str, channel, frame: int) -> list[Message]:
+    """The decoded messages that reach the ego: through ``channel`` if given, else every message
+    addressed to it, decoded from its bytes (the receiver never sees the sender's objects)."""
+    if channel is None:
+        return [decode(s.data) for s in sends if ego in s.receivers and s.message.sender_id != ego]
+    for s in sends:
+        channel.broadcast(frame, s.message.sender_id, s.receivers, s.data)
+    return channel.deliver(frame, ego)
+
+
+def occupancy_maps(batch: CooperativeBatch, grid, stride: int) -> torch.Tensor:
+    """(A, 1, H, W) LiDAR points per feature cell of every agent (from the pillars / voxels)."""
+    cells = batch.cells
+    if cells is None:
+        raise ConfigError("occupancy needs voxelised cells in the batch")
+    h1, w1 = grid.feature_shape(1)
+    n = int(batch.agents_per_sample.sum())
+    flat = (cells.coords[:, 0] * h1 + cells.coords[:, -2]) * w1 + cells.coords[:, -1]
+    occ = torch.zeros(n * h1 * w1, device=cells.coords.device)
+    occ.index_add_(0, flat, cells.num_points.float())
+    occ = occ.reshape(n, 1, h1, w1)
+    return F.avg_pool2d(occ, stride) * stride ** 2 if stride > 1 else occ
 
 
 @dataclass
 class Inference:
-    """detections: one per sample (ego frame); messages: per sample, what each collaborator sent."""
+    """detections: one per sample (ego frame); sent: per sample, every transmission (bytes included)."""
 
     detections: list[Detections]
-    messages: list[list[Message]]
+    sent: list[list[Sent]]
+
+    @property
+    def messages(self) -> list[list[Message]]:
+        """Per sample, the messages collaborators sent the ego (features / boxes)."""
+        return [[s.message for s in sends if s.role in ("features", "boxes")] for sends in self.sent]

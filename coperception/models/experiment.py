@@ -67,8 +67,10 @@ def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu",
 def evaluate_experiment(cfg: ExperimentConfig, model: CooperativeDetector, *, split: str | None = None,
                         modes: Sequence[str] | None = None, device: str | torch.device = "cpu",
                         global_sort: bool | None = None, on_batch: Callable[[int], None] | None = None,
-                        max_frames: int | None = None) -> dict[str, ModeReport]:
-    """AP and bytes per mode on ``split`` (default: the test split)."""
+                        max_frames: int | None = None, budget: int | None = None, strategy=None,
+                        channel_factory: Callable[[], object] | None = None) -> dict[str, ModeReport]:
+    """AP and bytes per mode on ``split`` (default: the test split); ``budget`` defaults to
+    ``eval.budget_bytes``, ``strategy`` to the model's own, ``channel_factory`` to a perfect link."""
     split = split or cfg.data.test_split
     modes = tuple(modes or cfg.eval.modes)
     reports: dict[str, ModeReport] = {}
@@ -87,7 +89,8 @@ def evaluate_experiment(cfg: ExperimentConfig, model: CooperativeDetector, *, sp
             model, loader, group, lidar_range=cfg.data.lidar_range, iou_thresholds=cfg.eval.iou_thresholds,
             global_sort=cfg.eval.global_sort if global_sort is None else global_sort,
             score_threshold=cfg.eval.score_threshold, nms_threshold=cfg.eval.nms_threshold,
-            device=device, on_batch=on_batch))
+            device=device, on_batch=on_batch, budget=cfg.eval.budget_bytes if budget is None else budget,
+            strategy=strategy, channel_factory=channel_factory))
     return {m: reports[m] for m in modes}
 
 

@@ -41,10 +41,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ConfigError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def load_model_state(model: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """Load weights strictly; a checkpoint of another architecture fails with a readable diff."""
+def load_model_state(model: torch.nn.Module, state_dict: dict, source: str, allow_missing: tuple[str, ...] = ()) -> None:
+    """Load weights strictly; a checkpoint of another architecture fails with a readable diff.
+
+    allow_missing: key prefixes the checkpoint may lack (they keep the model's initial values),
+    e.g. ``("comm.",)`` to start a codebook / compressor stage from a trained detector.
+    """
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
+    missing = sorted(k for k in set(own) - set(state_dict) if not k.startswith(tuple(allow_missing)))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or mismatched:
@@ -57,7 +61,7 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, source: str) -> N
             parts.append(f"{len(mismatched)} shape mismatch(es) e.g. {k}: checkpoint "
                          f"{tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}")
         raise ConfigError(f"{source}: checkpoint was saved for a different architecture: " + "; ".join(parts))
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, strict=not allow_missing)
 
 
 def rng_state() -> dict:

@@ -46,6 +46,11 @@ class TrainConfig:
     deterministic: bool = False
     log_every: int = 10
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of epoch only)
+    #: staged training: start from this checkpoint's weights (keys under ``comm.`` may be absent:
+    #: a new codebook / compressor on a trained detector) ...
+    init_from: str | None = None
+    #: ... and keep these submodules fixed (no gradients, BatchNorm in eval mode), e.g. [encoder, head].
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from coperception.errors import ConfigError
@@ -116,6 +121,16 @@ class Trainer:
                                  generator=self.loader_generator,
                                  persistent_workers=False, drop_last=False)
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / cfg.batch_size)
+        if cfg.init_from:
+            state = load_checkpoint(cfg.init_from, map_location=dist.device)
+            load_model_state(self.module, state["model"], str(cfg.init_from), allow_missing=("comm.",))
+            log.info("initialised from %s", cfg.init_from)
+        self.frozen = [self._submodule(name) for name in cfg.freeze]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        if not any(p.requires_grad for p in self.module.parameters()):
+            from coperception.errors import ConfigError
+            raise ConfigError(f"train.freeze {list(cfg.freeze)} leaves no trainable parameter")
         self.optimizer = build_optimizer(self.module, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch))
@@ -127,6 +142,14 @@ class Trainer:
         if tensorboard and dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def _submodule(self, name: str) -> torch.nn.Module:
+        try:
+            return self.module.get_submodule(name)
+        except AttributeError:
+            from coperception.errors import ConfigError
+            children = [n for n, _ in self.module.named_children()]
+            raise ConfigError(f"train.freeze: the model has no submodule {name!r}; top-level ones: {children}") from None
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -156,6 +179,8 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
     def train_step(self, batch: Any) -> dict[str, float]:
         self.model.train()
+        for module in self.frozen:
+            module.eval()
         batch = move_to_device(batch, self.dist.device)
         device_type = self.dist.device.type
         amp_dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
