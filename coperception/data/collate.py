@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from coperception.data.cameras import collate_cameras
 from coperception.data.pillars import Pillars
 from coperception.data.voxelize import Voxels
+from coperception.encoders.camera import CameraBatch
 
 if TYPE_CHECKING:  # dataset.py imports this module
     from coperception.data.dataset import CooperativeSample, Targets
@@ -38,6 +40,10 @@ class CooperativeBatch:
     gt_boxes: (B, N, 7) float32 ego frame, zero padded; gt_mask: (B, N) bool;
         gt_ids, gt_classes: (B, N) int64, -1 where padded.
     agent_gt_boxes / _mask / _ids / _classes: late fusion, (A, K, ...) per agent in its own frame.
+    cameras: the A agents' cameras (rows in agent order, ``camera_mask`` False for agents that do
+        not use cameras), or None when every agent is LiDAR-only.
+    camera_depth: (A, N, H, W) float32 sparse LiDAR depth targets of the cameras (metres, 0: none).
+    has_lidar / has_camera: (A,) bool modality of each agent; None means LiDAR-only agents.
     """
 
     keys: list[tuple[str, int]]
@@ -58,6 +64,10 @@ class CooperativeBatch:
     agent_gt_mask: torch.Tensor | None = None
     agent_gt_ids: torch.Tensor | None = None
     agent_gt_classes: torch.Tensor | None = None
+    cameras: CameraBatch | None = None
+    camera_depth: torch.Tensor | None = None
+    has_lidar: torch.Tensor | None = None
+    has_camera: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -73,6 +83,9 @@ class CooperativeBatch:
                 value = type(value)(fn(value.points), fn(value.coords), fn(value.num_points), value.num_agents)
             elif f.name == "points" and value is not None:
                 value = [fn(p) for p in value]
+            elif isinstance(value, CameraBatch):
+                value = CameraBatch(fn(value.images), fn(value.intrinsics), fn(value.lidar_from_camera),
+                                    fn(value.image_scale), fn(value.camera_mask))
             moved[f.name] = value
         return CooperativeBatch(**moved)
 
@@ -166,4 +179,10 @@ def collate_samples(samples: list[CooperativeSample], max_objects: int | None = 
         agent_targets = [t for s in samples for t in s.agent_gt]
         (batch.agent_gt_boxes, batch.agent_gt_mask, batch.agent_gt_ids,
          batch.agent_gt_classes) = _pad_targets(agent_targets, max_objects)
+    with_cameras = [s.cameras is not None for s in samples]
+    if any(with_cameras):
+        if not all(with_cameras):
+            raise ValueError("samples mix camera and LiDAR-only layouts: build them with one dataset modality")
+        batch.cameras, batch.camera_depth, batch.has_lidar, batch.has_camera = collate_cameras(
+            [s.cameras for s in samples])
     return batch

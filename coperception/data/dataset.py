@@ -7,8 +7,9 @@ Early/Late/IntermediateFusionDataset (Xu et al., "OPV2V: An Open Benchmark Datas
 Pipeline for Perception with Vehicle-to-Vehicle Communication") but without three forks.
 
 ``__getitem__`` runs named steps: load -> pick agents -> poses (clean, noisy) -> clouds in the
-frame the fusion mode needs -> ground truth in the ego frame -> augment (train) -> voxelise (here
-or per batch, below) -> pack.
+frame the fusion mode needs -> cameras (with a ``modality`` that uses them: see
+:mod:`coperception.data.cameras`) -> ground truth in the ego frame -> augment (train) -> voxelise
+(here or per batch, below) -> pack.
 
 * **early**: all agents' points moved to the ego frame (with the noisy poses) as ONE cloud.
 * **intermediate**: each agent's points stay in its own LiDAR frame; ``ego_from_agent`` (noisy,
@@ -46,6 +47,7 @@ import torch
 from torch.utils.data import Dataset
 
 from coperception.data.augment import AugmentConfig, Augmentation, sample_augmentation
+from coperception.data.cameras import CameraSample, ModalityConfig, load_cameras, sample_depth
 from coperception.data.collate import collate_samples
 from coperception.data.noise import PoseNoise
 from coperception.data.pillars import Pillars
@@ -91,6 +93,8 @@ class CooperativeSample:
         (intermediate, late) or one fused ego-frame cloud (early); cell agent index = cloud index.
     points: the clouds, (P_c, 4) each, when asked for (``return_points``) or not voxelised.
     agent_gt: late fusion: each agent's ground truth in its own frame; else None.
+    cameras: the agents' modalities, images and calibrations when the dataset's ``modality`` uses
+        cameras (see :mod:`coperception.data.cameras`); None: every agent is LiDAR-only.
     """
 
     key: tuple[str, int]
@@ -103,6 +107,7 @@ class CooperativeSample:
     cells: Pillars | Voxels | None
     points: list[torch.Tensor] | None
     agent_gt: list[Targets] | None
+    cameras: CameraSample | None = None
 
     @property
     def num_agents(self) -> int:
@@ -163,6 +168,11 @@ class CooperativeDataset(Dataset):
     on_error: "raise" fails on a frame whose read raises FormatError; "skip" logs a warning,
         records its key in ``self.skipped`` (per process: each DataLoader worker has its own
         list) and serves the next readable frame instead.
+    modality: which agents use LiDAR and / or cameras, and the camera image size
+        (:class:`~coperception.data.cameras.ModalityConfig`); None: every agent is LiDAR-only and
+        no image is touched. With cameras, the reader must load images (``load_cameras=True``);
+        a camera-only agent's cloud is emptied after its depth targets are made; augmentation
+        moves the camera extrinsics with the points; early fusion is refused.
     """
 
     def __init__(self, reader, grid: BEVGrid, *, fusion: str = "intermediate", max_agents: int = 5,
@@ -171,7 +181,7 @@ class CooperativeDataset(Dataset):
                  max_points_per_pillar: int = 32, max_pillars: int | None = None, return_points: bool = False,
                  self_hit_box: tuple[float, float, float, float] | None = SELF_HIT_BOX,
                  gt_visible_only: bool = True, on_error: str = "raise", agent_targets: bool | None = None,
-                 classes: tuple[int, ...] | None = VEHICLE_CLASSES) -> None:
+                 classes: tuple[int, ...] | None = VEHICLE_CLASSES, modality: ModalityConfig | None = None) -> None:
         if fusion not in FUSION_MODES:
             raise ConfigError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
         if voxelization not in VOXELIZATIONS:
@@ -194,6 +204,10 @@ class CooperativeDataset(Dataset):
         self.classes = None if classes is None else np.asarray(sorted(classes), dtype=np.int64)
         if self.agent_targets and fusion == "early":
             raise ConfigError("agent_targets needs per-agent clouds: not available with fusion='early'")
+        self.modality = modality if modality is not None and modality.uses_cameras else None
+        if self.modality is not None and fusion == "early":
+            raise ConfigError("camera agents need per-agent BEV maps: modality with cameras is not available with "
+                              "fusion='early'")
         self.keys: list[tuple[str, int]] = [tuple(k) for k in reader.keys()]
         self.skipped: list[tuple[str, int]] = []
         self._bad: set[tuple[str, int]] = set()
@@ -208,16 +222,20 @@ class CooperativeDataset(Dataset):
         rng = self._rng(key)
         clean, noisy = self._poses(agents, rng)
         clouds = self._clouds(agents, noisy)
+        cams = None
+        if self.modality is not None:
+            cams, clouds = self._camera_inputs(key, agents, clouds)
         gt = self._ego_objects(frame, agents)
         agent_gt = self._agent_objects(frame, agents) if self.agent_targets else None
         if self.train and self.augment is not None:
             aug = sample_augmentation(self.augment, rng)
             clouds, gt, agent_gt, clean, noisy = self._augment(aug, clouds, gt, agent_gt, clean, noisy)
+            cams = cams.augmented(aug.matrix) if cams is not None else None
         gt = self._in_range(gt, use_z=not agents[0].is_infrastructure)
         if agent_gt is not None:
             agent_gt = [self._in_range(g, use_z=not a.is_infrastructure) for g, a in zip(agent_gt, agents)]
         cells = self.voxelizer(clouds) if self.voxelizer is not None and self.voxelize_in == "sample" else None
-        return self._pack(key, agents, clean, noisy, gt, agent_gt, cells, clouds)
+        return self._pack(key, agents, clean, noisy, gt, agent_gt, cells, clouds, cams)
 
     @property
     def voxelizer(self) -> Callable[[list[torch.Tensor]], Pillars | Voxels] | None:
@@ -333,13 +351,27 @@ class CooperativeDataset(Dataset):
             agent_gt = [ObjectSet(aug.apply_boxes(g.boxes), g.ids, g.classes, g.speeds) for g in agent_gt]
         return clouds, gt, agent_gt, aug.conjugate(clean), aug.conjugate(noisy)
 
+    def _camera_inputs(self, key, agents: list[AgentObservation],
+                       clouds: list[torch.Tensor]) -> tuple[CameraSample, list[torch.Tensor]]:
+        """Modalities, resized images, calibrations and depth targets; camera-only agents' clouds emptied."""
+        m = self.modality
+        has_lidar, has_camera = m.assign(key[0], agents)
+        split_dir = getattr(self.reader, "split_dir", None)
+        where = [f"{split_dir}/{key[0]}/{a.agent_id} (frame {key[1]})" if split_dir is not None
+                 else f"frame {key[0]}/{key[1]}" for a in agents]
+        cams = load_cameras(agents, has_camera, m.image_hw, where)
+        depth = sample_depth(clouds, cams, m.image_hw) if m.depth_targets else None
+        clouds = [c if lidar else c[:0] for c, lidar in zip(clouds, has_lidar)]
+        return CameraSample(**cams, depth=depth, has_lidar=torch.from_numpy(has_lidar),
+                            has_camera=torch.from_numpy(has_camera)), clouds
+
     def _in_range(self, objects: ObjectSet, use_z: bool) -> ObjectSet:
         """Keep boxes with all 8 corners inside the grid's range (OpenCOOD's rule)."""
         if len(objects) == 0:
             return objects
         return objects.subset(boxes_in_range_mask(objects.boxes, self.grid.lidar_range, 8, use_z))
 
-    def _pack(self, key, agents, clean, noisy, gt, agent_gt, cells, clouds) -> CooperativeSample:
+    def _pack(self, key, agents, clean, noisy, gt, agent_gt, cells, clouds, cams=None) -> CooperativeSample:
         keep_points = self.return_points or cells is None
         return CooperativeSample(
             key=key, fusion=self.fusion, agent_ids=tuple(a.agent_id for a in agents),
@@ -347,4 +379,4 @@ class CooperativeDataset(Dataset):
             ego_from_agent=torch.from_numpy(noisy.astype(np.float32)),
             ego_from_agent_clean=torch.from_numpy(clean.astype(np.float32)),
             gt=Targets.from_objects(gt), cells=cells, points=clouds if keep_points else None,
-            agent_gt=None if agent_gt is None else [Targets.from_objects(g) for g in agent_gt])
+            agent_gt=None if agent_gt is None else [Targets.from_objects(g) for g in agent_gt], cameras=cams)

@@ -58,13 +58,16 @@ def build_dataset(cfg: ExperimentConfig, split: str, *, train: bool, fusion_mode
     """
     d = cfg.data
     mode = fusion_mode or cfg.fusion_mode
-    reader = open_reader(d.format, d.root, split)
-    voxelization = "voxels" if cfg.model.encoder.name in _VOXEL_ENCODERS else "pillars"
+    cameras = d.modality is not None and d.modality.uses_cameras
+    reader = open_reader(d.format, d.root, split, **({"load_cameras": True} if cameras else {}))
+    enc = cfg.model.encoder
+    lidar_name = enc.args.get("lidar_encoder", "pointpillars") if enc.name == "multimodal" else enc.name
+    voxelization = "voxels" if lidar_name in _VOXEL_ENCODERS else "pillars"
     return CooperativeDataset(
         reader, d.grid, fusion=mode, max_agents=d.max_agents, comm_range=d.comm_range, train=train,
         pose_noise=d.pose_noise, augment=d.augment if train else None, voxelization=voxelization,
         max_points_per_pillar=d.max_points_per_pillar, return_points=return_points, on_error=d.on_error,
-        agent_targets=(mode != "early"))
+        agent_targets=(mode != "early"), modality=d.modality)
 
 
 def build_loader(dataset: CooperativeDataset, batch_size: int, *, num_workers: int = 0,

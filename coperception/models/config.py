@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from coperception import config as cfgio
 from coperception.data.augment import AugmentConfig
+from coperception.data.cameras import ModalityConfig
 from coperception.data.noise import PoseNoise
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
@@ -38,6 +39,8 @@ class DataConfig:
     pose_noise: PoseNoise | None = None
     augment: AugmentConfig | None = None
     on_error: Literal["raise", "skip"] = "raise"
+    #: which agents use LiDAR and / or cameras, and the camera image size; None: LiDAR only.
+    modality: ModalityConfig | None = None
 
     @property
     def grid(self) -> BEVGrid:
@@ -115,6 +118,10 @@ def validate_components(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(f"{source}: model.encoder.name {enc.name!r} unknown; known: {sorted(ENCODERS)}")
     cfgio.check_constructor_args(ENCODERS[enc.name], enc.args,
                                  f"{source}: model.encoder.args")
+    modality = cfg.data.modality
+    if modality is not None and modality.uses_cameras and not getattr(ENCODERS[enc.name], "consumes_batch", False):
+        raise ConfigError(f"{source}: data.modality gives agents cameras, but model.encoder {enc.name!r} reads "
+                          f"LiDAR cells only; use 'multimodal'")
     fus = cfg.model.fusion
     if fus is not None:
         if fus.name not in FUSIONS:

@@ -98,8 +98,14 @@ class CooperativeDetector(nn.Module):
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, batch: CooperativeBatch) -> dict[str, torch.Tensor]:
-        """Named losses for ``batch`` in this model's training mode."""
+        """Named losses for ``batch`` in this model's training mode, plus the encoder's auxiliary
+        losses (``aux_losses`` of its output, e.g. a camera branch's ``loss_depth``)."""
         feats = self.encode(batch)
+        losses = self._mode_losses(feats, batch)
+        losses.update(getattr(feats, "aux_losses", {}))
+        return losses
+
+    def _mode_losses(self, feats: BEVFeatures, batch: CooperativeBatch) -> dict[str, torch.Tensor]:
         gt = _per_sample(batch.gt_boxes, batch.gt_mask)
         if self.mode == "early":
             return self._loss(feats.features, gt)
@@ -115,8 +121,6 @@ class CooperativeDetector(nn.Module):
             single = self._loss(agent_preds, self._agent_gt(batch), prefix="single_")
             losses.update({k: self.single_loss_weight * v for k, v in single.items()})
         losses.update(aux)
-        for name, value in getattr(feats, "aux_losses", {}).items():
-            losses[name] = value
         return losses
 
     # -- inference -----------------------------------------------------------------------------
