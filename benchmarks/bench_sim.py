@@ -8,7 +8,10 @@ unit). Three figures, each timed from scratch (world building and traffic warm-u
 * generate, N workers: scenarios simulated and written in N processes (OPV2V); each worker
   starts a Python that imports open3d and torch (a few seconds), so short runs favour 1 worker.
 
-    .venv/bin/python benchmarks/bench_sim.py [--frames 10] [--scenarios 2] [--workers 2]
+    .venv/bin/python benchmarks/bench_sim.py [--frames 10] [--scenarios 2] [--workers 2] [--stages]
+
+``--stages`` adds the mean ms per frame of each simulation stage and of the writer, which depends
+much less on what else runs on the machine than the throughput figures.
 """
 
 from __future__ import annotations
@@ -40,13 +43,15 @@ def _sense_only(cfg, scenarios: int, frames: int) -> tuple[float, int, int]:
 
 
 def _generate(cfg, scenarios: int, frames: int, workers: int, fmt: str) -> tuple[float, int, float]:
-    """(seconds, agent-scans, steady agent-scans/s after the first frame arrived: without start-up)."""
+    """(seconds, agent-scans, steady agent-scans/s from the first frame's arrival until every file
+    is written: without start-up)."""
     out = Path(tempfile.mkdtemp(prefix="bench_sim_"))
     stamps: list[tuple[float, int]] = []
     try:
         summary = generate(out, cfg, scenarios, frames, fmt, seed=0, split_ratios=(1, 0, 0), workers=workers,
                            on_frame=lambda info: stamps.append((time.perf_counter(), info.agents)))
-        steady = sum(n for _, n in stamps[1:]) / max(stamps[-1][0] - stamps[0][0], 1e-9)
+        end = time.perf_counter()
+        steady = sum(n for _, n in stamps[1:]) / max(end - stamps[0][0], 1e-9)
         return summary.seconds, summary.scans, steady
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -58,6 +63,7 @@ def main() -> int:
     parser.add_argument("--scenarios", type=int, default=2)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--format", default="opv2v", choices=("opv2v", "dair-v2x"))
+    parser.add_argument("--stages", action="store_true", help="also print a per-stage ms breakdown")
     args = parser.parse_args()
     cfg = load_sim_config(preset="town")
     print(f"town preset: {cfg.lidar.channels}-beam LiDAR, {cfg.lidar.rays_per_scan} rays per scan, "
@@ -75,7 +81,62 @@ def main() -> int:
         print(f"{name:34s} {scans:11d} {seconds:8.2f} {scans / seconds:8.1f} {steady:8.1f}")
     print("steady: agent-scans/s after the first frame arrived (worker start-up, imports and world "
           "building excluded)")
+    if args.stages:
+        _stage_breakdown(cfg, args.frames)
     return 0
+
+
+def _stage_breakdown(cfg, frames: int) -> None:
+    """Mean ms per frame of each stage of ``Simulation.sense`` and of the OPV2V writer, timed by
+    wrapping the functions (one process; Embree on all cores, then on one)."""
+    import collections
+    import functools
+
+    from coperception.data.formats import open_writer
+    from coperception.sim import ground, raycast, simulation
+
+    totals: dict[str, float] = collections.defaultdict(float)
+
+    def timed(owner, name, label):
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                totals[label] += time.perf_counter() - t
+        setattr(owner, name, wrapper)
+
+    stages = [(simulation.Simulation, "sense", "sense (all below)"),
+              (simulation.Simulation, "_rays", "  ray set-up (dropout, rotate, AoS)"),
+              (simulation, "cast_rays", "  cast_rays (all below)"),
+              (ground.Ground, "intersect_sparse", "    analytic ground"),
+              (raycast.Hits, "__init__", "    merge ground into hits"),
+              (simulation, "lidar_returns", "  returns -> points"),
+              (simulation, "count_hits", "  visibility counts")]
+    for owner, name, label in stages:
+        timed(owner, name, label)
+    order = [label for _, _, label in stages] + ["write OPV2V (PCD + YAML)"]
+    for threads in (0, 1):
+        totals.clear()
+        sim = Simulation(cfg, seed=0, threads=threads)
+        sim.step()
+        totals.clear()
+        out = Path(tempfile.mkdtemp(prefix="bench_sim_"))
+        try:
+            with open_writer("opv2v", out, "train") as writer:
+                for frame in sim.frames(frames):
+                    t = time.perf_counter()
+                    writer.write(frame.scenario, frame)
+                    totals["write OPV2V (PCD + YAML)"] += time.perf_counter() - t
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"per-frame stages ({len(sim.agents)} agents, Embree threads: {threads or 'all'}), ms:")
+        totals["    Embree (scene build + traversal)"] = totals[order[2]] - totals[order[3]] - totals[order[4]]
+        for label in order[:5] + ["    Embree (scene build + traversal)"] + order[5:]:
+            print(f"  {label:38s} {1e3 * totals[label] / frames:7.2f}")
 
 
 if __name__ == "__main__":

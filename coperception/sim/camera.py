@@ -101,7 +101,9 @@ def render(rig: CameraRig, hits: Hits, sl: slice, max_depth: float = 250.0
     t_all = hits.t[sl]
     hit = np.isfinite(t_all) & (t_all < max_depth)
     _, _, color, n = hits.surface(sl)
-    lambert = np.clip(n.astype(np.float64) @ _SUN, 0.0, 1.0)
+    # Element-wise, not ``n @ _SUN``: a BLAS call spins up OpenBLAS threads that then compete
+    # with Embree's for the cores.
+    lambert = np.clip(n[:, 0] * _SUN[0] + n[:, 1] * _SUN[1] + n[:, 2] * _SUN[2], 0.0, 1.0)
     base = color.astype(np.float64) * (0.45 + 0.55 * lambert)[:, None]
     t = np.where(hit, t_all, 0.0)
     haze = (1 - np.exp(-t / 400.0))[:, None]

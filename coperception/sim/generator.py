@@ -10,11 +10,14 @@ many objects near the ego only a collaborator sees: the share collaboration can 
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing as mp
+import os
 import queue as queue_module
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -157,15 +160,17 @@ def generate(out: str | Path, config: SimConfig, scenarios: int, frames: int, fm
                direct=workers > 1 and fmt in WRITE_IN_WORKERS)
     start = time.perf_counter()
     writer, writer_split, started, seen = None, None, set(), set()
+    background = BackgroundCalls()
     try:
         for index, item in _run(job, tasks, workers):
             if isinstance(item, Frame):  # written here, one split after another
                 if split_of[index] != writer_split:
+                    background.drain()
                     if writer is not None:
                         writer.close()
                     writer_split = split_of[index]
                     writer = open_writer(fmt, out, writer_split, **job.writer_options)
-                writer.write(item.scenario, item)
+                background.submit(writer.write, item.scenario, item)
                 item = FrameInfo.of(index, item, summary_range)
             if index not in started:
                 started.add(index)
@@ -179,6 +184,7 @@ def generate(out: str | Path, config: SimConfig, scenarios: int, frames: int, fm
             if on_frame is not None:
                 on_frame(item)
     finally:
+        background.close()
         if writer is not None:
             writer.close()
     summary.objects = len(seen)
@@ -210,8 +216,9 @@ def _run(job: _Job, tasks: list, workers: int):
     queues = [ctx.Queue(maxsize=0 if job.direct else _QUEUE_FRAMES) for _ in range(workers)]
     procs = [ctx.Process(target=_worker, args=(job, tasks[w::workers], queues[w]), daemon=True)
              for w in range(workers)]
-    for p in procs:
-        p.start()
+    with _single_threaded_blas():
+        for p in procs:
+            p.start()
     try:
         for k in range(len(tasks)):
             q, proc = queues[k % workers], procs[k % workers]
@@ -227,6 +234,53 @@ def _run(job: _Job, tasks: list, workers: int):
             if p.is_alive():
                 p.terminate()
             p.join(timeout=5)
+
+
+class _single_threaded_blas:
+    """While starting worker processes: one BLAS/OpenMP thread each (they inherit the variables).
+    Several processes share the cores, and an idle OpenBLAS pool busy-waits after each call,
+    taking a core from the other process's ray casting (2 workers ran at half speed)."""
+
+    _NAMES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+    def __enter__(self):
+        self._saved = {k: os.environ.get(k) for k in self._NAMES}
+        for k in self._NAMES:
+            os.environ.setdefault(k, "1")
+
+    def __exit__(self, *exc):
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class BackgroundCalls:
+    """Runs calls in submission order on one thread, at most ``depth`` waiting, so that writing
+    frame t (file IO and numpy copies, which release the GIL) overlaps simulating frame t + 1.
+    An exception of a call is raised by a later :meth:`submit`, :meth:`drain` or :meth:`close`."""
+
+    def __init__(self, depth: int = 2):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-writer")
+        self._pending: collections.deque = collections.deque()
+        self._depth = depth
+
+    def submit(self, fn, *args) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        """Wait for every submitted call."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _get(q, proc):
@@ -247,9 +301,13 @@ def _worker(job: _Job, tasks: list, queue) -> None:
             sim = Simulation(job.config, seed, name, threads=1)  # one Embree thread per process
             if job.direct:
                 with open_writer(job.fmt, job.out, split, **job.writer_options) as writer:
-                    for frame in sim.frames(job.frames):
-                        writer.write(frame.scenario, frame)
-                        queue.put((index, FrameInfo.of(index, frame, job.radius)))
+                    background = BackgroundCalls()
+                    try:
+                        for frame in sim.frames(job.frames):
+                            background.submit(writer.write, frame.scenario, frame)
+                            queue.put((index, FrameInfo.of(index, frame, job.radius)))
+                    finally:
+                        background.close()
             else:
                 for frame in sim.frames(job.frames):
                     queue.put((index, frame))

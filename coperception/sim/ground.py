@@ -20,7 +20,7 @@ from coperception.sim.config import TownConfig
 
 CURB_HEIGHT = 0.15
 ROAD, SIDEWALK, CURB, YELLOW_PAINT, WHITE_PAINT, FIELD = range(6)
-_BLOCK, _MIXED = 6, 7  # raster-only codes: a raised block; a cell that straddles an edge
+_BLOCK = 6  # lookup-only class: a raised block
 #: LiDAR reflectivity and camera colour of each ground material, indexed by the constants above.
 REFLECTIVITY = np.array([0.12, 0.35, 0.35, 0.7, 0.8, 0.2], np.float32)
 COLOR = np.array([[70, 70, 75], [170, 170, 165], [150, 150, 145], [230, 190, 40], [235, 235, 235],
@@ -42,7 +42,7 @@ class Ground:
     markings: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_raster", self._build_raster())
+        object.__setattr__(self, "_tables", self._build_tables())
 
     @staticmethod
     def from_town(town: TownConfig, xs: np.ndarray, ys: np.ndarray) -> "Ground":
@@ -110,7 +110,7 @@ class Ground:
         out[outside] = FIELD
         return out
 
-    # ------------------------------------------------------------------ lookup raster
+    # ------------------------------------------------------------------ interval tables
     def _boundaries(self, centres: np.ndarray, lo: float, hi: float) -> np.ndarray:
         """Every coordinate along one axis where block, junction or paint edges can lie."""
         lw, span, w = self.lane_width, self.lanes * self.lane_width, _LINE_HALF_WIDTH
@@ -119,49 +119,29 @@ class Ground:
         offs = np.array(offs)
         return np.concatenate([(centres[:, None] + offs).ravel(), (centres[:, None] - offs).ravel(), [lo, hi]])
 
-    def _build_raster(self, res: float = 0.25):
-        """Material of every ``res``-metre cell (BLOCK for raised blocks), or MIXED where an edge
-        crosses the cell; points in MIXED cells are classified exactly."""
+    def _build_tables(self):
+        """Per-axis interval tables and the class (BLOCK or a material) of every pair of intervals.
+
+        The ground is piecewise constant on the product of the x and y intervals cut by
+        :meth:`_boundaries` (every edge of a block, junction, paint line or stop line is one of
+        them), so classifying the midpoint of each interval pair with the exact rules gives the
+        class of every point of that rectangle."""
         x0, y0, x1, y1 = self.extent
-        res = max(res, max(x1 - x0, y1 - y0) / 4000.0)
-        ox, oy = x0 - 2 * res, y0 - 2 * res
-        nx, ny = int(np.ceil((x1 - x0) / res)) + 4, int(np.ceil((y1 - y0) / res)) + 4
-        cx, cy = ox + (np.arange(nx) + 0.5) * res, oy + (np.arange(ny) + 0.5) * res
-        gx, gy = np.meshgrid(cx, cy)
-        gx, gy = gx.ravel().astype(np.float32), gy.ravel().astype(np.float32)
-        block = self.in_block(gx, gy)
-        raster = np.where(block, _BLOCK, self.road_material(gx, gy)).astype(np.int8).reshape(ny, nx)
-
-        def mixed(origin, n, bounds):
-            lo = origin + np.arange(n) * res
-            idx = np.searchsorted(np.sort(bounds), lo - 1e-3)
-            nxt = np.sort(bounds)[np.minimum(idx, len(bounds) - 1)]
-            return (nxt <= lo + res + 1e-3) & (idx < len(bounds))
-
-        raster[:, mixed(ox, nx, self._boundaries(self.xs, x0, x1))] = _MIXED
-        raster[mixed(oy, ny, self._boundaries(self.ys, y0, y1)), :] = _MIXED
-        raster[[0, -1], :], raster[:, [0, -1]] = FIELD, FIELD
-        return raster, np.float32(ox), np.float32(oy), np.float32(1.0 / res)
-
-    def _lookup(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        raster, ox, oy, inv = self._raster
-        ny, nx = raster.shape
-        with np.errstate(invalid="ignore"):
-            # fmax/fmin map NaN (rays that never come down) to the border, which is FIELD.
-            ix = np.fmin(np.fmax((x - ox) * inv, 0), nx - 1).astype(np.int32)
-            iy = np.fmin(np.fmax((y - oy) * inv, 0), ny - 1).astype(np.int32)
-        iy *= nx
-        iy += ix
-        return np.take(raster.ravel(), iy)
+        ax = _AxisIntervals.of(self._boundaries(self.xs, x0, x1))
+        ay = _AxisIntervals.of(self._boundaries(self.ys, y0, y1))
+        mx, my = np.meshgrid(ax.midpoints(), ay.midpoints(), indexing="ij")
+        mx, my = mx.ravel(), my.ravel()
+        table = np.where(self.in_block(mx, my), _BLOCK, self.road_material(mx, my)).astype(np.int8)
+        return ax, ay, table
 
     def _classify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Raster class of points, with MIXED cells resolved exactly (to BLOCK or a material)."""
-        c = self._lookup(x, y)
-        m = np.flatnonzero(c == _MIXED)
-        if len(m):
-            xm, ym = x[m], y[m]
-            c[m] = np.where(self.in_block(xm, ym), _BLOCK, self.road_material(xm, ym))
-        return c
+        """(N,) int8 class of points (N,) float32: BLOCK for a raised block, else the road-level
+        material. Exact except within float32 rounding of an edge."""
+        ax, ay, table = self._tables
+        i = ax.index(x)
+        i *= np.int32(len(ay.bounds) + 1)
+        i += ay.index(y)
+        return np.take(table, i)
 
     # ------------------------------------------------------------------ ray intersection
     def intersect(self, rays, t_max: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,40 +152,59 @@ class Ground:
         ``t_max`` (R,): distances at which the rays already hit something else; rays that do so
         before coming down to curb height are skipped (their ground t is inf).
         """
-        n = len(rays)
-        t = np.full(n, np.inf, np.float32)
-        material = np.full(n, ROAD, np.int8)
-        axis = np.full(n, 2, np.int8)
+        hit = self.intersect_sparse(rays, t_max)
+        t = np.full(len(rays), np.inf, np.float32)
+        material = np.full(len(rays), ROAD, np.int8)
+        axis = np.full(len(rays), 2, np.int8)
+        t[hit.index], material[hit.index], axis[hit.index] = hit.t, hit.material, hit.axis
+        return t, material, axis
+
+    def intersect_sparse(self, rays, t_max: np.ndarray | None = None) -> "GroundHits":
+        """As :meth:`intersect`, for the rays that come down to the ground (before ``t_max``)
+        only (see :class:`GroundHits`); the cost is proportional to those rays."""
+        parts = []
         for g, origin in enumerate(rays.origins):
             sl = rays.group(g)
             dz = rays.dirs[2, sl]
             with np.errstate(divide="ignore", invalid="ignore"):
                 t_top = np.float32(CURB_HEIGHT - origin[2]) / dz
-            need = (dz < -1e-6) if t_max is None else (dz < -1e-6) & (t_top < t_max[sl])
+            need = dz < -1e-6
+            if t_max is not None:
+                need &= t_top < t_max[sl]
             idx = np.flatnonzero(need)
-            d = np.take(rays.dirs[:, sl], idx, axis=1)
-            idx += sl.start
-            t[idx], material[idx], axis[idx] = self._intersect_down(origin, d)
-        return t, material, axis
+            d = np.empty((3, len(idx)), np.float32)
+            for i in range(3):
+                np.take(rays.dirs[i, sl], idx, out=d[i])
+            hit = self._intersect_down(origin, d)
+            if t_max is not None:  # the ground must come first
+                first = hit[0] < np.take(t_max[sl], idx)
+                idx, hit = idx[first], tuple(a[first] for a in hit)
+            parts.append((idx + sl.start, *hit))
+        if not parts:
+            return GroundHits.empty()
+        return GroundHits(*(np.concatenate(p) for p in zip(*parts)))
 
     def _intersect_down(self, origin: np.ndarray, d: np.ndarray):
-        """Hits of rays (3, N) that all point down."""
-        ox, oy, oz = (float(v) for v in origin)
+        """t, material, normal axis and |cos incidence| of rays (3, N) that all point down."""
+        ox, oy, oz = (np.float32(v) for v in origin)
         inv = np.float32(1.0) / d[2]
         t_road = np.float32(-oz) * inv
         t_top = np.float32(CURB_HEIGHT - oz) * inv
         top = self._classify(ox + t_top * d[0], oy + t_top * d[1]) == _BLOCK
         xr, yr = ox + t_road * d[0], oy + t_road * d[1]
         below = self._classify(xr, yr)
-        curb = ~top & (below == _BLOCK)
+        curb = below == _BLOCK
+        curb &= ~top
         t = np.where(top, t_top, t_road)
         material = np.where(top, np.int8(SIDEWALK), np.where(curb, np.int8(CURB), below))
         axis = np.full(len(t), 2, np.int8)
+        cos = np.negative(d[2])  # |d . up| for rays that point down
         c = np.flatnonzero(curb)
         if len(c):
             o = np.broadcast_to(np.asarray(origin, np.float64), (len(c), 3))
             t[c], axis[c] = self._curb_face(o, d[:, c].T.astype(np.float64), xr[c], yr[c], t_top[c], t_road[c])
-        return t, material, axis
+            cos[c] = np.abs(np.where(axis[c] == 0, d[0, c], d[1, c]))
+        return t, material, axis, cos
 
     def _curb_face(self, o, d, xr, yr, t_top, t_road) -> tuple[np.ndarray, np.ndarray]:
         """Entry of rays into the block that contains their road-plane point (slab test in xy)."""
@@ -220,3 +219,68 @@ class Ground:
         t_side = np.maximum(entries[0], entries[1])
         axis = np.where(entries[0] >= entries[1], 0, 1).astype(np.int8)
         return np.clip(t_side, t_top, t_road), axis
+
+
+@dataclass(frozen=True)
+class GroundHits:
+    """Rays that hit the ground: ``index`` (K,) int64 ray indices (ascending), ``t`` (K,) float32
+    distances, ``material`` (K,) int8, ``axis`` (K,) int8 of the surface normal (2 = up, 0 / 1 =
+    a curb face along x / y) and ``cos`` (K,) float32 |cos| of the incidence angle."""
+
+    index: np.ndarray
+    t: np.ndarray
+    material: np.ndarray
+    axis: np.ndarray
+    cos: np.ndarray
+
+    @staticmethod
+    def empty() -> "GroundHits":
+        return GroundHits(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int8), np.zeros(0, np.int8),
+                          np.zeros(0, np.float32))
+
+
+@dataclass(frozen=True)
+class _AxisIntervals:
+    """Which interval of sorted ``bounds`` (B,) float64 a coordinate lies in (0 below the first,
+    B above the last), through a table of ``1 / inv`` m cells: ``first`` (n,) int32 interval at
+    each cell's start and ``inner`` (n,) float32, the boundary in the cell (inf if none; the cell
+    size keeps it to one): interval = first + (v >= inner), two look-ups and no search."""
+
+    bounds: np.ndarray
+    origin: np.float32
+    inv: np.float32
+    first: np.ndarray
+    inner: np.ndarray
+
+    @staticmethod
+    def of(bounds: np.ndarray, cell: float = 0.01) -> "_AxisIntervals":
+        """Tables for ``bounds`` (any order, duplicates allowed); cells of ``cell`` m or half the
+        smallest gap (not below 1 mm: edges closer than that may swap within the millimetre)."""
+        b = np.unique(np.asarray(bounds, np.float32)).astype(np.float64)  # exact in float32
+        gaps = np.diff(b)
+        if len(gaps):
+            cell = max(min(cell, float(gaps.min()) / 2), 1e-3)
+        origin = b[0] - 2 * cell
+        n = int(np.ceil((b[-1] - origin) / cell)) + 2
+        starts = origin + np.arange(n) * cell
+        first = np.searchsorted(b, starts, side="right")
+        # The boundary in (start, end]; one on the end also starts the next cell's interval, so a
+        # coordinate that rounds into either cell gets the same index.
+        inside = np.searchsorted(b, starts + cell, side="right") > first
+        inner = np.where(inside, b[np.minimum(first, len(b) - 1)], np.inf).astype(np.float32)
+        return _AxisIntervals(b, np.float32(origin), np.float32(1.0 / cell), first.astype(np.int32), inner)
+
+    def midpoints(self) -> np.ndarray:
+        """(B + 1,) a point inside each interval."""
+        b = self.bounds
+        return np.concatenate([[b[0] - 1.0], (b[:-1] + b[1:]) / 2, [b[-1] + 1.0]])
+
+    def index(self, v: np.ndarray) -> np.ndarray:
+        """(N,) int32 interval of coordinates ``v`` (N,) finite float32."""
+        c = v - self.origin
+        c *= self.inv
+        np.clip(c, 0, len(self.first) - 1, out=c)
+        j = c.astype(np.int32)
+        i = np.take(self.first, j)
+        i += np.take(self.inner, j) <= v
+        return i

@@ -21,7 +21,7 @@ import numpy as np
 
 from coperception.errors import ConfigError
 from coperception.sim.config import LidarConfig
-from coperception.sim.raycast import Hits, MaterialTables
+from coperception.sim.raycast import Hits
 
 BEAM_TABLES_DEG: dict[int, np.ndarray] = {
     64: np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.9, 32)]),
@@ -90,45 +90,75 @@ def rotate_rows(rows: np.ndarray, rotation: np.ndarray, out: np.ndarray) -> np.n
     return out
 
 
-def lidar_returns(hits: Hits, tables: MaterialTables, local_dirs: np.ndarray, ray_agent: np.ndarray,
-                  own_object: np.ndarray, cfg: LidarConfig, rng: np.random.Generator, dropout: float | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Turn the hits of the first R rays (the LiDAR rays) into LiDAR points.
+def lidar_returns(hits: Hits, local_rows: np.ndarray, own_object: np.ndarray, cfg: LidarConfig,
+                  rng: np.random.Generator, dropout: float | None = None, ray_index: np.ndarray | None = None,
+                  offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn the hits of the first G ray groups of ``hits.rays`` (the LiDARs, G = len(own_object))
+    into LiDAR points.
 
-    dropout: probability of losing a return (default ``cfg.dropout``; 0 when the caller dropped
-    rays before casting, which gives the same distribution for less work).
+    local_rows: (3, L) float32 unit direction of each ray in the frame its points are reported
+    in, one row per axis; ray_index: (R,) int column of ``local_rows`` of each LiDAR ray
+    (default: ray i is column i),
+    so a caller that cast a subset of its rays needs no copy of the table; offsets: (G, 3) the
+    sensor origin in that frame (default 0): point = offset + direction * measured range.
+    own_object: (G,) object index of the vehicle carrying each LiDAR (its hits are dropped; < 0
+    for none). dropout: probability of losing a return (default ``cfg.dropout``; 0 when the
+    caller dropped rays before casting, which gives the same distribution for less work).
 
-    tables: materials of the scene; local_dirs: (R, 3) sensor-frame directions; ray_agent: (R,)
-    agent index of each ray; own_object: (R,) object index of the vehicle carrying the ray's
-    sensor (its hits are dropped; -2 for none). Returns points (H, 4) float32 ``x, y, z,
-    intensity`` in the sensor frame, the agent (H,) and the object index (H,) of each point.
+    Returns points (H, 4) float32 ``x, y, z, intensity``, their group (H,) int64 (ascending) and
+    the object index (H,) of each point (NO_OBJECT off road users).
     """
+    groups = len(own_object)
+    starts = np.asarray(hits.rays.starts[:groups + 1], np.int64)
+    n = int(starts[-1])
+    t = hits.t[:n]
     p = cfg.dropout if dropout is None else dropout
-    points, idx, obj = _returns(hits, tables, local_dirs, own_object, cfg, p, rng, slice(0, len(ray_agent)))
-    return points, np.take(ray_agent, idx), obj
-
-
-def _returns(hits: Hits, tables: MaterialTables, local_dirs: np.ndarray, own_object: np.ndarray,
-             cfg: LidarConfig, dropout: float, rng: np.random.Generator, sl: slice):
-    """Points (H, 4), ray indices (H,) and object indices (H,) of the rays ``sl``."""
-    t = hits.t[sl]
-    refl, cos, obj = hits.lidar_terms(tables, sl)
-    intensity = np.minimum(t, np.float32(cfg.range))  # in place below: few temporaries
-    intensity *= np.float32(-cfg.attenuation)
-    np.exp(intensity, out=intensity)
-    intensity *= refl
-    intensity *= cos
-    keep = t <= cfg.range  # inf (a miss) fails too
-    keep &= t >= cfg.min_range
-    keep &= intensity >= cfg.min_intensity
-    keep &= obj != own_object[sl]
-    if dropout > 0:
-        keep &= rng.random(len(t), dtype=np.float32) >= dropout
+    intensity = _intensity(hits, n, cfg)
+    keep = t <= np.float32(cfg.range)  # inf (a miss) fails too
+    keep &= t >= np.float32(cfg.min_range)
+    keep &= intensity >= np.float32(cfg.min_intensity)
+    if p > 0:
+        keep &= rng.random(n, dtype=np.float32) >= p
     idx = np.flatnonzero(keep)
+    obj = hits.tables.object_index(np.take(hits.surface_ids, idx))
+    bounds = np.searchsorted(idx, starts)
+    idx, obj, bounds = _drop_own(idx, obj, bounds, own_object)
     tv = np.take(t, idx)
     if cfg.noise_std > 0:
         tv += np.float32(cfg.noise_std) * rng.standard_normal(len(idx), dtype=np.float32)
+    rows = idx if ray_index is None else np.take(ray_index, idx)
     points = np.empty((len(idx), 4), np.float32)
-    points[:, :3] = np.take(local_dirs[sl], idx, axis=0) * tv[:, None]  # take: ~2x faster than fancy rows
-    points[:, 3] = np.minimum(np.take(intensity, idx), np.float32(1.0))
-    return points, idx + sl.start, np.take(obj, idx)
+    for j in range(3):  # 1-D column writes: several times faster than (H, 3) blocks
+        np.multiply(np.take(local_rows[j], rows), tv, out=points[:, j])
+    np.minimum(np.take(intensity, idx), np.float32(1.0), out=points[:, 3])
+    if offsets is not None:
+        for g in np.flatnonzero(np.any(offsets != 0, axis=1)):
+            for j in range(3):
+                points[bounds[g]:bounds[g + 1], j] += np.float32(offsets[g][j])
+    agent = np.repeat(np.arange(groups, dtype=np.int64), np.diff(bounds))
+    return points, agent, obj
+
+
+def _intensity(hits: Hits, n: int, cfg: LidarConfig) -> np.ndarray:
+    """(n,) float32 ``reflectivity * |cos incidence| * exp(-attenuation * range)`` of rays 0..n-1
+    (0 on a miss; the range is capped at ``cfg.range``, beyond which returns are dropped)."""
+    intensity = np.minimum(hits.t[:n], np.float32(cfg.range))  # in place below: few temporaries
+    intensity *= np.float32(-cfg.attenuation)
+    np.exp(intensity, out=intensity)
+    intensity *= np.take(hits.tables.reflectivity, hits.surface_ids[:n], mode="clip")
+    intensity *= hits.cos_incidence(n)
+    return intensity
+
+
+def _drop_own(idx: np.ndarray, obj: np.ndarray, bounds: np.ndarray, own_object: np.ndarray):
+    """Remove the returns of group g on its own vehicle ``own_object[g]``; the per-group bounds
+    (G + 1,) of ``idx`` are updated."""
+    bad = np.zeros(len(idx), bool)
+    for g, own in enumerate(own_object):
+        if own >= 0:
+            bad[bounds[g]:bounds[g + 1]] = obj[bounds[g]:bounds[g + 1]] == own
+    if not bad.any():
+        return idx, obj, bounds
+    removed = np.concatenate([[0], np.cumsum(bad)])[bounds]
+    good = ~bad
+    return idx[good], obj[good], bounds - removed

@@ -1,12 +1,14 @@
 """Triangle meshes of the world and batched ray casting with Open3D's ``RaycastingScene``.
 
-The scene of one step is two geometries: the static world (buildings, poles; built once per
-scenario as one mesh) and all road users (two boxes of 12 triangles each per object, rebuilt
+The scene of one step is one triangle geometry: the static world (buildings, poles; built once
+per scenario) followed by all road users (two boxes of 12 triangles each per object, rebuilt
 each step); the flat ground layer is intersected in closed form (:mod:`coperception.sim.ground`)
 and merged by distance. All agents' LiDAR and camera rays are cast in one call (Embree BVH
-traversal, see Wald et al., "Embree: A Kernel Framework for Efficient CPU Ray Tracing", 2014);
-the object hit by a ray is ``primitive_id // TRIANGLES_PER_OBJECT`` of the dynamic geometry, so
-per-object hit counts are one ``np.bincount``.
+traversal, see Wald et al., "Embree: A Kernel Framework for Efficient CPU Ray Tracing", 2014).
+What a ray hit is one *surface id* (triangle id, or a ground material after the triangles), so
+reflectivity and colour are one table look-up, and the object hit by a ray is
+``(surface - static_triangles) // TRIANGLES_PER_OBJECT``: per-object hit counts are one
+``np.bincount``.
 """
 
 from __future__ import annotations
@@ -121,114 +123,125 @@ class RayBatch:
         return slice(int(self.starts[g]), int(self.starts[g + 1]))
 
     def aos(self, out: np.ndarray | None = None) -> np.ndarray:
-        """(R, 6) float32 ``[ox, oy, oz, dx, dy, dz]``, the layout Open3D takes."""
+        """(R, 6) float32 ``[ox, oy, oz, dx, dy, dz]``, the layout Open3D takes.
+
+        Written column by column: numpy copies a (3, R) block into (R, 3) columns with a 3-long
+        inner loop, several times slower than six strided 1-D copies."""
         out = np.empty((len(self), 6), np.float32) if out is None else out
+        for j in range(3):
+            out[:, 3 + j] = self.dirs[j]
         for g in range(len(self.origins)):
-            out[self.group(g), :3] = self.origins[g]
-        out[:, 3:] = self.dirs.T
+            sl = self.group(g)
+            for j in range(3):
+                out[sl, j] = self.origins[g][j]
+        return out
+
+
+@dataclass
+class MaterialTables:
+    """Reflectivity (S + D + M + 1,) float32 and colour (S + D + M + 1, 3) uint8 of every surface a
+    ray can hit, indexed by surface id: the S static triangles, the D dynamic triangles (road
+    users, object ``(id - S) // TRIANGLES_PER_OBJECT``), the M ground materials, then a miss
+    (reflectivity 0, black); Embree's invalid id (2**32 - 1) clips to the miss."""
+
+    reflectivity: np.ndarray
+    color: np.ndarray
+    dynamic_start: int
+    ground_start: int
+
+    @staticmethod
+    def of(static: Mesh, dynamic: Mesh) -> "MaterialTables":
+        from coperception.sim.ground import COLOR, REFLECTIVITY
+        refl = np.concatenate([static.reflectivity, dynamic.reflectivity, REFLECTIVITY, [0.0]]).astype(np.float32)
+        color = np.concatenate([static.color, dynamic.color, COLOR, [[0, 0, 0]]]).astype(np.uint8)
+        s, d = len(static.reflectivity), len(dynamic.reflectivity)
+        return MaterialTables(refl, color, s, s + d)
+
+    def object_index(self, surface: np.ndarray) -> np.ndarray:
+        """(N,) int64 road-user index of surface ids (N,) uint32; NO_OBJECT for anything else."""
+        rel = surface - np.uint32(self.dynamic_start)  # wraps below the dynamic block
+        dyn = np.flatnonzero(rel < np.uint32(self.ground_start - self.dynamic_start))  # a small share
+        out = np.full(len(surface), NO_OBJECT, np.int64)
+        out[dyn] = np.take(rel, dyn) // np.uint32(TRIANGLES_PER_OBJECT)
         return out
 
 
 class Hits:
     """First hits of a :class:`RayBatch` on the meshes and the analytic ground.
 
-    t: (R,) float32 distance along the unit ray, inf on a miss; on_ground: (R,) bool.
+    t: (R,) float32 distance along the unit ray, inf on a miss; surface: (R,) uint32 surface id
+    (see :class:`MaterialTables`); ground: the rays whose first hit is the ground
+    (:class:`~coperception.sim.ground.GroundHits`, nearer than the mesh hit); normals: (R, 3) float32 Embree's triangle
+    normals (not facing-corrected; meaningless where the ground was hit).
     """
 
-    def __init__(self, rays: RayBatch, mesh: dict, ground: tuple | None, static: Mesh, dynamic: Mesh,
-                 ids: dict[str, int]):
-        self.rays, self._mesh, self._ground = rays, mesh, ground
-        self._static, self._dynamic, self._ids = static, dynamic, ids
-        t_mesh = mesh["t_hit"]
-        if ground is None:
-            self.on_ground = np.zeros(len(t_mesh), bool)
-            self.t = t_mesh
-        else:
-            self.on_ground = ground[0] < t_mesh
-            self.t = np.where(self.on_ground, ground[0], t_mesh)
+    def __init__(self, rays: RayBatch, mesh: dict, ground, tables: MaterialTables):
+        from coperception.sim.ground import GroundHits
+        self.rays, self.tables = rays, tables
+        self.t, self.surface_ids, self.normals = mesh["t_hit"], mesh["primitive_ids"], mesh["primitive_normals"]
+        ground = GroundHits.empty() if ground is None else ground
+        self.ground = ground
+        # In place (Open3D's output buffers are ours): the ground's distances and surface ids.
+        self.t[ground.index] = ground.t
+        self.surface_ids[ground.index] = np.uint32(tables.ground_start) + ground.material.astype(np.uint32)
 
     def __len__(self) -> int:
         return len(self.t)
 
-    def _is_dynamic(self, geom: np.ndarray, ground: np.ndarray) -> np.ndarray:
-        return (geom == np.uint32(self._ids.get("dynamic", 2 ** 32 - 2))) & ~ground
+    @property
+    def on_ground(self) -> np.ndarray:
+        """(R,) bool: the first hit is the ground."""
+        out = np.zeros(len(self.t), bool)
+        out[self.ground.index] = True
+        return out
 
-    def lidar_terms(self, tables: "MaterialTables", sl: slice = slice(None)
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Whole-array terms for LiDAR returns of rays ``sl``: reflectivity (R,) float32,
-        |cos incidence| (R,) float32 and object index (R,) int64 (NO_OBJECT off road users)."""
-        geom, prim, ground = self._mesh["geometry_ids"][sl], self._mesh["primitive_ids"][sl], self.on_ground[sl]
-        is_dyn = self._is_dynamic(geom, ground)
-        tri = np.minimum(prim + np.where(is_dyn, np.uint32(tables.dynamic_start), np.uint32(0)),
-                         np.uint32(len(tables.reflectivity) - 1))
-        refl = tables.reflectivity[tri]
-        d, n = self.rays.dirs[:, sl], self._mesh["primitive_normals"][sl]
-        cos = np.abs(n[:, 0] * d[0] + n[:, 1] * d[1] + n[:, 2] * d[2])
-        obj = np.where(is_dyn, (prim // np.uint32(TRIANGLES_PER_OBJECT)).astype(np.int64), np.int64(NO_OBJECT))
-        if self._ground is not None:
-            from coperception.sim.ground import REFLECTIVITY
-            material, axis = self._ground[1][sl], self._ground[2][sl]
-            refl = np.where(ground, REFLECTIVITY[material], refl)
-            ground_cos = np.abs(np.where(axis == 2, d[2], np.where(axis == 0, d[0], d[1])))
-            cos = np.where(ground, ground_cos, cos)
-        return refl, cos, obj
+    def cos_incidence(self, stop: int) -> np.ndarray:
+        """(stop,) float32 |cos| of the angle between rays ``0 .. stop - 1`` and the surface they
+        hit (0 on a miss)."""
+        n, d = self.normals, self.rays.dirs
+        cos = n[:stop, 0] * d[0, :stop]
+        cos += n[:stop, 1] * d[1, :stop]
+        cos += n[:stop, 2] * d[2, :stop]
+        np.abs(cos, out=cos)
+        g = self.ground
+        k = np.searchsorted(g.index, stop)
+        cos[g.index[:k]] = g.cos[:k]
+        return cos
 
     def surface(self, sl: slice = slice(None)):
         """For rays ``sl``: object index (n,) (NO_OBJECT for anything but a road user),
         reflectivity (n,) float32, colour (n, 3) uint8 (0 on a miss) and the unit normal (n, 3)
         float32 of the surface hit, turned to face the ray."""
-        geom = self._mesh["geometry_ids"][sl]
-        prim = self._mesh["primitive_ids"][sl].astype(np.int64)
-        normal = self._mesh["primitive_normals"][sl].copy()
-        ground = self.on_ground[sl]
-        is_static = (geom == np.uint32(self._ids.get("static", 2 ** 32 - 2))) & ~ground
-        is_dynamic = self._is_dynamic(geom, ground)
-        obj = np.where(is_dynamic, prim // TRIANGLES_PER_OBJECT, NO_OBJECT)
-        refl = np.zeros(len(geom), np.float32)
-        color = np.zeros((len(geom), 3), np.uint8)
-        for mask, mesh in ((is_static, self._static), (is_dynamic, self._dynamic)):
-            if mask.any():
-                refl[mask] = mesh.reflectivity[prim[mask]]
-                color[mask] = mesh.color[prim[mask]]
-        if ground.any():
-            from coperception.sim.ground import COLOR, REFLECTIVITY
-            material, axis = self._ground[1][sl][ground], self._ground[2][sl][ground]
-            refl[ground], color[ground] = REFLECTIVITY[material], COLOR[material]
-            normal[ground] = np.eye(3, dtype=np.float32)[axis]
-        d = self.rays.dirs[:, sl].T
-        facing = np.sign(np.einsum("ij,ij->i", normal, d))
+        sid = self.surface_ids[sl]
+        obj = self.tables.object_index(sid)
+        refl = np.take(self.tables.reflectivity, sid, mode="clip")
+        color = np.take(self.tables.color, sid, axis=0, mode="clip")
+        normal = self.normals[sl].copy()
+        lo = sl.start or 0
+        a, b = np.searchsorted(self.ground.index, [lo, lo + len(sid)])
+        normal[self.ground.index[a:b] - lo] = np.eye(3, dtype=np.float32)[self.ground.axis[a:b]]
+        d = self.rays.dirs[:, sl]
+        facing = np.sign(normal[:, 0] * d[0] + normal[:, 1] * d[1] + normal[:, 2] * d[2])
         normal *= -np.where(facing == 0, 1.0, facing)[:, None].astype(np.float32)
         return obj, refl, color, normal
 
 
-@dataclass
-class MaterialTables:
-    """Per-triangle reflectivity of the static mesh followed by the dynamic mesh's (plus a zero
-    entry for misses); ``dynamic_start`` is where the dynamic triangles begin."""
-
-    reflectivity: np.ndarray
-    dynamic_start: int
-
-    @staticmethod
-    def of(static: Mesh, dynamic: Mesh) -> "MaterialTables":
-        refl = np.concatenate([static.reflectivity, dynamic.reflectivity, [0.0]]).astype(np.float32)
-        return MaterialTables(refl, len(static.reflectivity))
-
-
 def cast_rays(static: Mesh, dynamic: Mesh, rays: RayBatch, ground=None, nthreads: int = 0,
-              buffer: np.ndarray | None = None) -> Hits:
-    """Cast ``rays`` at the two meshes and, if given, the analytic
-    :class:`~coperception.sim.ground.Ground`; ``buffer``: a reusable (R, 6) float32 array."""
+              buffer: np.ndarray | None = None, aos_ready: bool = False) -> Hits:
+    """Cast ``rays`` at the two meshes (one Embree geometry: triangle ids index both, static
+    first) and, if given, the analytic :class:`~coperception.sim.ground.Ground`.
+
+    buffer: a reusable (R, 6) float32 array (``aos_ready``: it already holds the rays)."""
     scene = o3d.t.geometry.RaycastingScene()
-    ids = {}
-    for name, mesh in (("static", static), ("dynamic", dynamic)):
-        if len(mesh.triangles):
-            ids[name] = scene.add_triangles(o3d.core.Tensor(mesh.vertices), o3d.core.Tensor(mesh.triangles))
-    out = scene.cast_rays(o3d.core.Tensor(rays.aos(buffer)), nthreads=nthreads)
+    mesh = Mesh.concat([static, dynamic])
+    if len(mesh.triangles):
+        scene.add_triangles(o3d.core.Tensor(mesh.vertices), o3d.core.Tensor(mesh.triangles))
+    aos = buffer if aos_ready else rays.aos(buffer)
+    out = scene.cast_rays(o3d.core.Tensor.from_numpy(np.ascontiguousarray(aos)), nthreads=nthreads)
     # .numpy() views share memory with the tensors and keep them alive (their base is a capsule).
-    mesh = {k: out[k].numpy() for k in ("t_hit", "geometry_ids", "primitive_ids", "primitive_normals")}
-    ground_hits = None if ground is None else ground.intersect(rays, mesh["t_hit"])
-    return Hits(rays, mesh, ground_hits, static, dynamic, ids)
+    mesh_hits = {k: out[k].numpy() for k in ("t_hit", "primitive_ids", "primitive_normals")}
+    ground_hits = None if ground is None else ground.intersect_sparse(rays, mesh_hits["t_hit"])
+    return Hits(rays, mesh_hits, ground_hits, MaterialTables.of(static, dynamic))
 
 
 def count_hits(obj: np.ndarray, group: np.ndarray, n_groups: int, n_objects: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from coperception.sim.config import SimConfig
 from coperception.sim.lidar import LidarModel, lidar_model, lidar_returns, rotate_rows
 from coperception.sim.objects import CLASS_INDEX, PARTS_PER_OBJECT, part_boxes, sample_paint
 from coperception.sim.pedestrians import spawn_pedestrians
-from coperception.sim.raycast import Hits, MaterialTables, Mesh, RayBatch, box_mesh, cast_rays, count_hits
+from coperception.sim.raycast import Hits, Mesh, RayBatch, box_mesh, cast_rays, count_hits
 from coperception.sim.spawn import FIRST_OBJECT_ID, populate
 from coperception.sim.traffic import TrafficLights, step as traffic_step
 from coperception.sim.world import METAL, build_world
@@ -85,12 +85,12 @@ class Simulation:
         self.agents = self._make_agents()
         self.static = Mesh.concat([self.world.static, self._rsu_poles()])
         self.time, self.tick = 0.0, 0
-        self._local_dirs = np.concatenate([a.lidar.directions for a in self.agents])
-        self._ray_agent = np.repeat(np.arange(len(self.agents)), [a.lidar.rays for a in self.agents])
-        self._own_per_ray = np.array([a.own_object for a in self.agents], dtype=np.int64)[self._ray_agent]
-        self._dirs: np.ndarray | None = None
-        self._aos: np.ndarray | None = None
-        self._fixed_written: set[int] = set()
+        self._lidar_starts = np.concatenate([[0], np.cumsum([a.lidar.rays for a in self.agents])]).astype(np.int64)
+        self._own = np.array([a.own_object for a in self.agents], dtype=np.int64)
+        self._reported_dirs, self._offsets = _reported_directions(self.agents)
+        self._fixed_rows: dict[int, np.ndarray] = {}  # world directions of fixed (road-side) LiDARs
+        self._dirs = np.empty((3, 0), np.float32)  # buffers, grown as needed
+        self._aos = np.empty((0, 6), np.float32)
         log.debug("%s: %d vehicles, %d parked, %d pedestrians, %d agents", self.name, len(self.vehicles),
                   n_parked, len(self.pedestrians), len(self.agents))
         for _ in range(int(round(config.warmup / config.dt))):
@@ -175,13 +175,12 @@ class Simulation:
         """Cast every agent's rays at the current scene and package the frame."""
         boxes, speeds = self.object_boxes()
         poses = self.agent_poses(boxes)
-        rays, rig = self._rays(poses)
-        rays, local_dirs, ray_agent, own = self._drop_rays(rays)
+        rays, sel, rig = self._rays(poses)
         dynamic = self.dynamic_mesh(boxes)
         hits = cast_rays(self.static, dynamic, rays, self.world.ground, nthreads=self.threads,
-                         buffer=self._aos[:len(rays)])
-        points, agent, obj = lidar_returns(hits, MaterialTables.of(self.static, dynamic), local_dirs, ray_agent, own,
-                                           self.cfg.lidar, self.rng_sensor, dropout=0.0)
+                         buffer=self._aos[:len(rays)], aos_ready=True)
+        points, agent, obj = lidar_returns(hits, self._reported_dirs, self._own, self.cfg.lidar, self.rng_sensor,
+                                           dropout=0.0, ray_index=sel, offsets=self._offsets)
         counts = count_hits(obj, agent, len(self.agents), len(boxes))
         bounds = np.searchsorted(agent, np.arange(len(self.agents) + 1))
         cameras = self._cameras(rig, hits) if rig is not None else [()] * len(self.agents)
@@ -189,60 +188,66 @@ class Simulation:
         observations = {}
         for k, a in enumerate(self.agents):
             speed = float(speeds[a.own_object]) if a.own_object >= 0 else 0.0
-            pose, pts, cams = poses[k], points[bounds[k]:bounds[k + 1]], cameras[k]
-            if a.virtual_from_sensor is not None:
-                pose, pts, cams = _to_virtual_frame(a, pts, cams)
+            pose, cams = poses[k], cameras[k]
+            if a.virtual_from_sensor is not None:  # points are already in the reported frame
+                pose, cams = a.reported_pose, _cameras_to_virtual_frame(a, cams)
             observations[a.agent_id] = AgentObservation(
-                agent_id=a.agent_id, kind=a.kind, world_from_lidar=pose, points=pts,
+                agent_id=a.agent_id, kind=a.kind, world_from_lidar=pose, points=points[bounds[k]:bounds[k + 1]],
                 cameras=cams, speed=speed, lidar_channels=a.lidar.channels)
         objects = ObjectSet(boxes[near], self.ids[near], self.classes[near], speeds[near])
         visibility = {a.agent_id: counts[k][near] for k, a in enumerate(self.agents)}
         return Frame(scenario=self.name, timestamp=self.tick, ego_id=self.agents[0].agent_id,
                      observations=observations, objects=objects, visibility=visibility)
 
-    def _rays(self, poses: np.ndarray) -> tuple[RayBatch, object]:
-        """All rays of this step in reused buffers: one group per LiDAR (agent order), then one
-        per camera. Directions of fixed road-side units are rotated once."""
+    def _rays(self, poses: np.ndarray) -> tuple[RayBatch, np.ndarray, object]:
+        """All rays of this step, in reused buffers (``self._dirs`` rows and ``self._aos``, the
+        layout Embree takes): one group per LiDAR (agent order), then one per camera.
+
+        The LiDAR's random dropout is applied before casting (a dropped return is independent of
+        what its ray would hit, so tracing it is wasted work): only the surviving rays' sensor
+        directions are gathered and rotated. Returns the batch, ``sel`` (the index of each LiDAR
+        ray in the agents' concatenated ray tables) and the camera rig (None without cameras)."""
         rig = camera_rig(self.cfg.camera) if self.cfg.camera.enabled else None
-        sizes = [a.lidar.rays for a in self.agents] + ([len(rig.pixel_dirs)] * len(rig.names) * len(self.agents)
-                                                       if rig is not None else [])
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        if self._dirs is None or self._dirs.shape[1] != starts[-1]:
-            self._dirs = np.empty((3, starts[-1]), np.float32)
-            self._aos = np.empty((starts[-1], 6), np.float32)
-            self._fixed_written = set()
+        starts = self._lidar_starts
+        p = self.cfg.lidar.dropout
+        if p > 0:
+            sel = np.flatnonzero(self.rng_sensor.random(int(starts[-1]), dtype=np.float32) >= p)
+        else:
+            sel = np.arange(starts[-1])
+        cuts = np.searchsorted(sel, starts)
+        sizes = list(np.diff(cuts)) + ([len(rig.pixel_dirs)] * len(rig.names) * len(self.agents) if rig else [])
+        group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        dirs = self._buffers(int(group_starts[-1]))
         origins = [p[:3, 3] for p in poses]
         for k, a in enumerate(self.agents):
-            if a.fixed_pose is None or k not in self._fixed_written:
-                rotate_rows(a.lidar.directions_rows, poses[k][:3, :3], self._dirs[:, starts[k]:starts[k + 1]])
-                if a.fixed_pose is not None:
-                    self._fixed_written.add(k)
+            local = sel[cuts[k]:cuts[k + 1]] - starts[k]
+            out = dirs[:, group_starts[k]:group_starts[k + 1]]
+            if a.fixed_pose is not None:
+                if k not in self._fixed_rows:
+                    self._fixed_rows[k] = rotate_rows(a.lidar.directions_rows, poses[k][:3, :3],
+                                                      np.empty((3, a.lidar.rays), np.float32))
+                for i in range(3):
+                    np.take(self._fixed_rows[k][i], local, out=out[i])
+            else:
+                rows = a.lidar.directions_rows
+                rotate_rows(np.stack([np.take(rows[i], local) for i in range(3)]), poses[k][:3, :3], out)
         if rig is not None:
             g = len(self.agents)
             for k, p in enumerate(poses):
                 for origin, rotation in camera_groups(self._camera_mounts(k), p):
-                    rotate_rows(rig.pixel_rows, rotation, self._dirs[:, starts[g]:starts[g + 1]])
+                    rotate_rows(rig.pixel_rows, rotation, dirs[:, group_starts[g]:group_starts[g + 1]])
                     origins.append(origin)
                     g += 1
-        return RayBatch(np.array(origins), starts, self._dirs), rig
+        batch = RayBatch(np.array(origins), group_starts, dirs)
+        batch.aos(self._aos[:len(batch)])
+        return batch, sel, rig
 
-    def _drop_rays(self, rays: RayBatch):
-        """Apply the LiDAR's random dropout before casting: a dropped return is independent of what
-        the ray would hit, so tracing it is wasted work. Returns the batch with the surviving LiDAR
-        rays (camera rays untouched), and their sensor-frame directions, agents and own objects."""
-        p, n_lidar = self.cfg.lidar.dropout, len(self._ray_agent)
-        if p <= 0:
-            return rays, self._local_dirs, self._ray_agent, self._own_per_ray
-        sel = np.flatnonzero(self.rng_sensor.random(n_lidar, dtype=np.float32) >= p)
-        n_cam = len(rays) - n_lidar
-        dirs = np.empty((3, len(sel) + n_cam), np.float32)
-        for i in range(3):
-            np.take(rays.dirs[i, :n_lidar], sel, out=dirs[i, :len(sel)])
-            dirs[i, len(sel):] = rays.dirs[i, n_lidar:]
-        counts = np.bincount(self._ray_agent[sel], minlength=len(self.agents))
-        starts = np.concatenate([[0], np.cumsum(counts), len(sel) + rays.starts[len(self.agents) + 1:] - n_lidar])
-        batch = RayBatch(rays.origins, starts.astype(np.int64), dirs)
-        return batch, np.take(self._local_dirs, sel, axis=0), self._ray_agent[sel], self._own_per_ray[sel]
+    def _buffers(self, n: int) -> np.ndarray:
+        """(3, n) view of the direction buffer, both buffers grown to hold ``n`` rays."""
+        if self._dirs.shape[1] < n:
+            self._dirs = np.empty((3, n), np.float32)
+            self._aos = np.empty((n, 6), np.float32)
+        return self._dirs[:, :n]
 
     def _camera_mounts(self, k: int) -> np.ndarray:
         """(K, 4, 4) lidar_from_camera of agent ``k``'s cameras (vehicles: on the body's edge)."""
@@ -269,10 +274,23 @@ class Simulation:
         return out
 
 
-def _to_virtual_frame(agent: AgentSpec, points: np.ndarray, cameras) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Re-express an RSU's points (P, 4) and camera mounts in its reported virtual LiDAR frame."""
+def _reported_directions(agents: list[AgentSpec]) -> tuple[np.ndarray, np.ndarray]:
+    """Each agent's LiDAR ray directions in the frame its points are reported in, concatenated
+    as rows (3, L) float32, and the sensor origin in that frame (A, 3): the sensor frame itself, except
+    for a road-side unit's virtual LiDAR frame (rotation and offset folded in once, so a point is
+    ``offset + direction * range`` with no per-frame transform)."""
+    dirs, offsets = [], np.zeros((len(agents), 3), np.float32)
+    for k, a in enumerate(agents):
+        m = a.virtual_from_sensor
+        if m is None:
+            dirs.append(a.lidar.directions)
+        else:
+            dirs.append((a.lidar.directions.astype(np.float64) @ m[:3, :3].T).astype(np.float32))
+            offsets[k] = m[:3, 3]
+    return np.ascontiguousarray(np.concatenate(dirs).T), offsets
+
+
+def _cameras_to_virtual_frame(agent: AgentSpec, cameras) -> tuple:
+    """Re-express an RSU's camera mounts in its reported virtual LiDAR frame."""
     m = agent.virtual_from_sensor
-    moved = points.copy()
-    moved[:, :3] = (points[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]).astype(points.dtype)
-    cams = tuple(replace(c, lidar_from_camera=m @ c.lidar_from_camera) for c in cameras)
-    return agent.reported_pose, moved, cams
+    return tuple(replace(c, lidar_from_camera=m @ c.lidar_from_camera) for c in cameras)

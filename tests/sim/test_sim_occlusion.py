@@ -10,7 +10,7 @@ from coperception.sim.generator import frame_visibility
 from coperception.sim.ground import CURB, CURB_HEIGHT, FIELD, ROAD, SIDEWALK, Ground
 from coperception.sim.lidar import lidar_model, lidar_returns, rotate_rows
 from coperception.sim.objects import CLASS_INDEX, PARTS_PER_OBJECT, part_boxes
-from coperception.sim.raycast import MaterialTables, Mesh, RayBatch, box_mesh, cast_rays, count_hits, quad_mesh
+from coperception.sim.raycast import Mesh, RayBatch, box_mesh, cast_rays, count_hits, quad_mesh
 from coperception.sim.roads import build_road_network
 from coperception.sim.config import LidarConfig, TownConfig
 from coperception.sim.simulation import Simulation
@@ -38,10 +38,8 @@ def test_building_hides_a_car_from_one_agent_only():
     rays = _batch(poses, model)
     hits = cast_rays(static, dynamic, rays)
     cfg = LidarConfig(channels=32, noise_std=0.0, dropout=0.0)
-    ray_agent = np.repeat(np.arange(2), model.rays)
-    local = np.tile(model.directions, (2, 1))
-    points, agent, obj = lidar_returns(hits, MaterialTables.of(static, dynamic), local, ray_agent,
-                                       np.full(len(ray_agent), -2), cfg, np.random.default_rng(0))
+    local = np.tile(model.directions_rows, (1, 2))
+    points, agent, obj = lidar_returns(hits, local, np.full(2, -2), cfg, np.random.default_rng(0))
     counts = count_hits(obj, agent, 2, 1)
     assert counts[0, 0] == 0 and counts[1, 0] > 50
     # The hidden side's rays stop at the building instead: many returns at x in [10, 20].
