@@ -45,11 +45,14 @@ def check_budget(budget: int | None, sender_id: str) -> None:
 
 
 def fit_prefix(build: Callable[[int], Message], max_k: int, budget: int | None,
-               limits: WireLimits = WireLimits()) -> tuple[Message, bytes, int]:
+               limits: WireLimits = WireLimits(), item_min_bytes: int = 0) -> tuple[Message, bytes, int]:
     """The message with the largest ``k`` in ``[0, max_k]`` whose encoding fits ``budget``.
 
     build: ``k -> Message``; ``build(0)`` must be the smallest message (an Empty payload or the
         strategy's fixed part) and must fit -- otherwise :class:`BudgetError`.
+    item_min_bytes: a lower bound of what each item adds to the encoding (e.g. C x 2 bytes of fp16
+        values per cell; 0 if unknown). It only narrows the search (fewer trial encodings); the
+        answer is still decided by encoding.
     Returns ``(message, encoded bytes, k)``; ``len(bytes) <= budget`` always holds.
     """
     max_k = int(max_k)
@@ -70,6 +73,8 @@ def fit_prefix(build: Callable[[int], Message], max_k: int, budget: int | None,
         msg = cache[0][0]
         raise BudgetError(f"budget {budget} B: the smallest message of agent {msg.sender_id!r} "
                           f"({msg.payload.kind.name}) is {size(0)} B")
+    if item_min_bytes > 0:  # more items than this cannot fit whatever the entropy coder does
+        max_k = min(max_k, (budget - size(0)) // int(item_min_bytes) + 1)
     if size(max_k) <= budget:
         return (*cache[max_k], max_k)
     lo, hi = 0, max_k  # size(lo) fits, size(hi) does not

@@ -69,6 +69,11 @@ class FloatCells(nn.Module):
     def wire_channels(self) -> int:
         return self.channels
 
+    @property
+    def cell_min_bytes(self) -> int:
+        """Bytes every sent cell adds at least (its values; indices come on top)."""
+        return self.wire_channels * {"fp32": 4, "fp16": 2, "int8": 1}[self.dtype]
+
     def encode_cells(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors
 
@@ -196,6 +201,10 @@ class Codebook(nn.Module):
     @property
     def wire_channels(self) -> int:
         return 0
+
+    @property
+    def cell_min_bytes(self) -> int:
+        return 0  # entropy-coded codes can cost well under a byte per cell
 
     def payload(self, features: torch.Tensor, indices: torch.Tensor | None, dtype: str | None = None) -> Payload:
         h, w = features.shape[1:]

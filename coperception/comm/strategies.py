@@ -43,6 +43,7 @@ from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
 
 _DTYPE_CHAIN = ("fp32", "fp16", "int8")
+_BOX_BYTES = 7 * 4 + 4 + 1  # a box on the wire: 7 f32, f32 score, u8 label
 TRAIN_SELECTIONS = ("random_topk", "threshold", "all")
 
 
@@ -179,7 +180,7 @@ class SparseStrategy(Strategy):
                 payload = Empty() if not parts else parts[0] if len(parts) == 1 else Composite(tuple(parts))
                 return message_of(view, row, payload)
 
-            msg, data, _ = fit_prefix(build, int(cells.numel()), left)
+            msg, data, _ = fit_prefix(build, int(cells.numel()), left, item_min_bytes=self.rep.cell_min_bytes)
             out.append(Sent(msg, data, (ids[0],), "features"))
         return out
 
@@ -255,7 +256,7 @@ class SupplyDemandStrategy(SparseStrategy):
             raise ConfigError("the hybrid strategy needs each agent's detections in the SampleView")
         boxes = _confident_boxes(view.detections[row], self.box_threshold)
         msg, _, _ = fit_prefix(lambda k: message_of(view, row, _top_boxes(boxes, k) if k else Empty()),
-                               len(boxes), budget)
+                               len(boxes), budget, item_min_bytes=_BOX_BYTES)
         return split_parts(msg.payload)
 
 
@@ -337,7 +338,7 @@ class LateStrategy(Strategy):
             order = np.argsort(-dets.scores, kind="stable")
             boxes = Boxes(dets.boxes[order], dets.scores[order], dets.labels[order])
             msg, data, _ = fit_prefix(lambda k, row=row, b=boxes: message_of(view, row, _top_boxes(b, k) if k else Empty()),
-                                      len(boxes), budget)
+                                      len(boxes), budget, item_min_bytes=_BOX_BYTES)
             out.append(Sent(msg, data, (ego,), "boxes"))
         return out
 
