@@ -57,8 +57,9 @@ class CommSummary:
     mbps_per_link: float
     max_mbps_per_link: float
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, float | None]:
+        """Plain values for JSON (log2 of zero bytes, -inf, becomes None: strict JSON has no infinity)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 class CommStats:

@@ -225,7 +225,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         run_sweep(model, loader, points, lidar_range=cfg.data.lidar_range, iou_thresholds=cfg.eval.iou_thresholds,
                   global_sort=cfg.eval.global_sort, score_threshold=cfg.eval.score_threshold,
                   nms_threshold=cfg.eval.nms_threshold, device=device, on_batch=lambda n: progress.advance(task, n))
-    Console().print(sweep_table(points, f"bandwidth sweep: {cfg.name} on {cfg.data.root} [{split}]"))
+    console = Console(width=max(Console().width, 130))  # the strategy specs need the width
+    console.print(sweep_table(points, f"bandwidth sweep: {cfg.name} on {cfg.data.root} [{split}]"))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {"checkpoint": str(args.checkpoint), "split": split, "points": [p.row() for p in points]}

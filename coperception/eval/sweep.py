@@ -47,7 +47,8 @@ class SweepPoint:
     def row(self) -> dict:
         s = self.comm.summary()
         return {"strategy": self.label, "budget": self.budget, **self.result.to_dict(),
-                "bytes_per_agent_frame": s.bytes_per_agent_frame, "log2_bytes": s.log2_bytes_per_agent_frame,
+                "bytes_per_agent_frame": s.bytes_per_agent_frame,
+                "log2_bytes": s.log2_bytes_per_agent_frame if s.bytes_per_agent_frame > 0 else None,
                 "mbps_per_link": s.mbps_per_link, "comm": s.as_dict()}
 
 

@@ -12,7 +12,7 @@
 from coperception.fusion.early import fuse_points
 from coperception.fusion.intermediate import (AttentionFusion, BEVFusion, FCooperFusion, MaxFusion,
                                               MultiScaleFusion, Where2commFusion, stack_agents)
-from coperception.fusion.late import LateFusion, fuse_detections
+from coperception.fusion.late import LateFusion, fuse_detections, fuse_received_boxes
 from coperception.fusion.warp import warp_to_ego, warp_with_valid
 
 #: Intermediate (BEV-map) fusion methods by name.
@@ -24,5 +24,5 @@ FUSIONS: dict[str, type[BEVFusion]] = {
 }
 
 __all__ = ["FUSIONS", "AttentionFusion", "BEVFusion", "FCooperFusion", "LateFusion", "MaxFusion",
-           "MultiScaleFusion", "Where2commFusion", "fuse_detections", "fuse_points", "stack_agents", "warp_to_ego",
+           "MultiScaleFusion", "Where2commFusion", "fuse_detections", "fuse_points", "fuse_received_boxes", "stack_agents", "warp_to_ego",
            "warp_with_valid"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +36,7 @@ from coperception.data.collate import CooperativeBatch
 from coperception.data.records import Detections
 from coperception.encoders.base import BEVFeatures
 from coperception.errors import ConfigError
-from coperception.fusion.late import fuse_detections
+from coperception.fusion.late import fuse_received_boxes
 from coperception.heads.detection_head import AnchorHead
 
 Mode = Literal["single", "early", "late", "intermediate"]
@@ -180,14 +179,8 @@ class CooperativeDetector(nn.Module):
             base = self._fuse_received(feats.features, egos, received, decode_args)
         else:
             base = [dets[int(r)] for r in egos]
-        out = []
-        for b, rx in enumerate(received):
-            if not rx.boxes:
-                out.append(base[b])
-                continue
-            sets = [base[b]] + [Detections(p.boxes, p.scores * strat.box_beta, p.labels) for p, _ in rx.boxes]
-            poses = np.stack([np.eye(4)] + [pose for _, pose in rx.boxes])
-            out.append(fuse_detections(sets, poses, iou_threshold=decode_args["nms_threshold"]))
+        out = [fuse_received_boxes(base[b], [(Detections(p.boxes, p.scores, p.labels), pose) for p, pose in rx.boxes],
+                                   strat.box_beta, decode_args["nms_threshold"]) for b, rx in enumerate(received)]
         return Inference(out, transmissions)
 
     def _fuse_received(self, features: torch.Tensor, egos: torch.Tensor, received, decode_args) -> list[Detections]:

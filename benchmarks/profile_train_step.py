@@ -1,0 +1,77 @@
+"""Profile one training step of the bench_train configuration on the device (top ops by time).
+
+    python benchmarks/profile_train_step.py [--device cuda] [--agents 3] [--points 70000] [--batch 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_data import synth_frame, write_split  # noqa: E402
+from bench_train import our_config  # noqa: E402
+
+from coperception.models.build import build_dataset, build_detector  # noqa: E402
+from coperception.train.device import move_to_device  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--agents", type=int, default=3)
+    p.add_argument("--points", type=int, default=70000)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rows", type=int, default=30)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_split(Path(tmp), [synth_frame(rng, 2 * i + 68, args.agents, args.points)
+                                       for i in range(args.batch)], "binary")
+        cfg = our_config(root, args.agents, args.batch)
+        model = build_detector(cfg).to(device).train()
+        ds = build_dataset(cfg, "train", train=True)
+        batch = move_to_device(ds.collate_fn()([ds[i] for i in range(args.batch)]), device)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+
+    def step():
+        losses = model(batch)
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    stages = {}
+    with torch.no_grad():
+        t = time.perf_counter(); feats = model.encode(batch); sync(); stages["encode (fwd)"] = time.perf_counter() - t
+        t = time.perf_counter(); fused = model.fuse(feats, batch); sync(); stages["fuse (fwd)"] = time.perf_counter() - t
+        t = time.perf_counter(); preds = model.head(fused); sync(); stages["head (fwd)"] = time.perf_counter() - t
+        gt = [b[m] for b, m in zip(batch.gt_boxes, batch.gt_mask)]
+        t = time.perf_counter(); tg = model.head.targets(gt); sync(); stages["targets"] = time.perf_counter() - t
+        t = time.perf_counter(); model.head.loss(preds, tg); sync(); stages["loss (fwd)"] = time.perf_counter() - t
+    t = time.perf_counter(); step(); sync(); stages["whole step"] = time.perf_counter() - t
+    for k, v in stages.items():
+        print(f"{k:<20} {v * 1e3:8.2f} ms")
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(3):
+            step()
+        sync()
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
