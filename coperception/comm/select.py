@@ -50,9 +50,11 @@ class SampleView:
     agent_ids: A agent ids; timestamp: frame index (u32) stamped on the messages.
     features: (A, C, H, W) each agent's BEV map in its own frame.
     confidence: (A, 1, H, W) objectness in [0, 1] (AnchorHead.confidence_map of the agent's own map).
-    ego_from_agent: (A, 4, 4) poses (what each message announces as its pose).
+    ego_from_agent: (A, 4, 4) poses in the ego frame (what the senders use to warp maps).
     occupancy: (A, 1, H, W) LiDAR points per feature cell, or None (CoSDH's demand).
     detections: each agent's own detections in its frame, or None (late / hybrid strategies).
+    world_from_agent: (A, 4, 4) float64 announced world poses, or None (messages then carry
+        ego-frame poses).
     """
 
     agent_ids: Sequence[str]
@@ -62,13 +64,18 @@ class SampleView:
     ego_from_agent: torch.Tensor
     occupancy: torch.Tensor | None = None
     detections: Sequence[Detections] | None = None
+    world_from_agent: torch.Tensor | None = None
 
     @property
     def num_agents(self) -> int:
         return int(self.features.shape[0])
 
     def pose(self, row: int) -> np.ndarray:
-        return self.ego_from_agent[row].double().cpu().numpy()
+        """The pose agent ``row`` announces in its messages: its world pose when known (so a
+        receiver can place a stale message with the pose it was captured at), else its pose in
+        the ego frame."""
+        poses = self.world_from_agent if self.world_from_agent is not None else self.ego_from_agent
+        return poses[row].double().cpu().numpy()
 
 
 @dataclass

@@ -64,6 +64,7 @@ class CooperativeBatch:
     agent_gt_mask: torch.Tensor | None = None
     agent_gt_ids: torch.Tensor | None = None
     agent_gt_classes: torch.Tensor | None = None
+    world_from_agent: torch.Tensor | None = None
     cameras: CameraBatch | None = None
     camera_depth: torch.Tensor | None = None
     has_lidar: torch.Tensor | None = None
@@ -179,6 +180,8 @@ def collate_samples(samples: list[CooperativeSample], max_objects: int | None = 
         agent_targets = [t for s in samples for t in s.agent_gt]
         (batch.agent_gt_boxes, batch.agent_gt_mask, batch.agent_gt_ids,
          batch.agent_gt_classes) = _pad_targets(agent_targets, max_objects)
+    if all(s.world_from_agent is not None for s in samples):
+        batch.world_from_agent = torch.cat([s.world_from_agent for s in samples], dim=0)
     with_cameras = [s.cameras is not None for s in samples]
     if any(with_cameras):
         if not all(with_cameras):

@@ -95,6 +95,9 @@ class CooperativeSample:
     agent_gt: late fusion: each agent's ground truth in its own frame; else None.
     cameras: the agents' modalities, images and calibrations when the dataset's ``modality`` uses
         cameras (see :mod:`coperception.data.cameras`); None: every agent is LiDAR-only.
+    world_from_agent: (A, 4, 4) float64 world poses as the agents announce them (pose noise
+        included, the ego's exact; not augmented): what messages carry, so that a stale message
+        can be warped with the pose it was captured at.
     """
 
     key: tuple[str, int]
@@ -108,6 +111,7 @@ class CooperativeSample:
     points: list[torch.Tensor] | None
     agent_gt: list[Targets] | None
     cameras: CameraSample | None = None
+    world_from_agent: torch.Tensor | None = None
 
     @property
     def num_agents(self) -> int:
@@ -221,6 +225,7 @@ class CooperativeDataset(Dataset):
         agents = select_agents(frame, self.comm_range, self.max_agents)
         rng = self._rng(key)
         clean, noisy = self._poses(agents, rng)
+        world = agents[0].world_from_lidar @ noisy  # announced world poses (the ego is never noised)
         clouds = self._clouds(agents, noisy)
         cams = None
         if self.modality is not None:
@@ -235,7 +240,7 @@ class CooperativeDataset(Dataset):
         if agent_gt is not None:
             agent_gt = [self._in_range(g, use_z=not a.is_infrastructure) for g, a in zip(agent_gt, agents)]
         cells = self.voxelizer(clouds) if self.voxelizer is not None and self.voxelize_in == "sample" else None
-        return self._pack(key, agents, clean, noisy, gt, agent_gt, cells, clouds, cams)
+        return self._pack(key, agents, clean, noisy, gt, agent_gt, cells, clouds, cams, world)
 
     @property
     def voxelizer(self) -> Callable[[list[torch.Tensor]], Pillars | Voxels] | None:
@@ -371,7 +376,7 @@ class CooperativeDataset(Dataset):
             return objects
         return objects.subset(boxes_in_range_mask(objects.boxes, self.grid.lidar_range, 8, use_z))
 
-    def _pack(self, key, agents, clean, noisy, gt, agent_gt, cells, clouds, cams=None) -> CooperativeSample:
+    def _pack(self, key, agents, clean, noisy, gt, agent_gt, cells, clouds, cams=None, world=None) -> CooperativeSample:
         keep_points = self.return_points or cells is None
         return CooperativeSample(
             key=key, fusion=self.fusion, agent_ids=tuple(a.agent_id for a in agents),
@@ -379,4 +384,5 @@ class CooperativeDataset(Dataset):
             ego_from_agent=torch.from_numpy(noisy.astype(np.float32)),
             ego_from_agent_clean=torch.from_numpy(clean.astype(np.float32)),
             gt=Targets.from_objects(gt), cells=cells, points=clouds if keep_points else None,
-            agent_gt=None if agent_gt is None else [Targets.from_objects(g) for g in agent_gt], cameras=cams)
+            agent_gt=None if agent_gt is None else [Targets.from_objects(g) for g in agent_gt], cameras=cams,
+            world_from_agent=None if world is None else torch.from_numpy(np.asarray(world, dtype=np.float64)))

@@ -35,6 +35,11 @@ def register(subparsers) -> None:
     e.add_argument("--corrupt-prob", type=float, default=0.0, help="channel: probability of bit errors (CRC drops it)")
     e.add_argument("--pose-noise", type=float, nargs=2, default=(0.0, 0.0), metavar=("XY_STD_M", "YAW_STD_DEG"),
                    help="channel: Gaussian noise on the sender's announced pose")
+    e.add_argument("--latency", type=int, default=0, metavar="FRAMES",
+                   help="channel: messages arrive this many frames late (stale features are placed with the "
+                        "sender's pose at capture; needs eval.batch_size 1)")
+    e.add_argument("--max-staleness", type=int, default=None, metavar="FRAMES",
+                   help="channel: drop messages older than this at arrival")
     e.add_argument("--seed", type=int, default=0, help="channel seed")
     e.set_defaults(func=run_eval)
     w = subparsers.add_parser("sweep", help="AP against measured bytes for strategies x budgets (table, JSON, plot)",
@@ -131,10 +136,11 @@ def _channel_factory(args):
     from coperception.comm.channel import Channel
 
     xy, yaw = args.pose_noise
-    if not (args.loss_prob or args.corrupt_prob or xy or yaw):
+    if not (args.loss_prob or args.corrupt_prob or xy or yaw or args.latency):
         return None
     return lambda: Channel(seed=args.seed, loss_prob=args.loss_prob, corrupt_prob=args.corrupt_prob,
-                           pose_noise_xyz_std=(xy, xy, 0.0), pose_noise_yaw_std=math.radians(yaw))
+                           pose_noise_xyz_std=(xy, xy, 0.0), pose_noise_yaw_std=math.radians(yaw),
+                           latency_frames=args.latency, max_staleness_frames=args.max_staleness)
 
 
 def run_eval(args: argparse.Namespace) -> int:

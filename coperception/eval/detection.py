@@ -44,17 +44,22 @@ def evaluate_detector(model: torch.nn.Module, batches: Iterable, modes: Sequence
     """Run ``model.infer`` over ``batches`` for each mode and collect AP and message sizes.
 
     budget: bytes per agent per frame (None = unlimited); strategy: overrides the model's
-    communication strategy for intermediate inference; channel_factory: makes one fresh
-    :class:`~coperception.comm.channel.Channel` per mode (same seed -> same losses for every mode).
+    communication strategy for intermediate inference; channel_factory: makes a fresh
+    :class:`~coperception.comm.channel.Channel` per mode and scenario (same seed -> same losses
+    for every mode). With channel latency, give the frames in time order with batch size 1.
     Every transmission's bytes are recorded, requests and supply maps included.
     """
     model.eval()
     evaluators = {m: APEvaluator(tuple(iou_thresholds)) for m in modes}
     comms = {m: CommStats() for m in modes}
-    channels = {m: channel_factory() if channel_factory is not None else None for m in modes}
-    frame = 0
+    channels = {m: None for m in modes}
+    frame, scenario = 0, None
     for batch in batches:
         batch = batch.to(device)
+        if channel_factory is not None and batch.keys[0][0] != scenario:
+            # a fresh channel per scenario: nothing in flight crosses into another scene
+            scenario = batch.keys[0][0]
+            channels = {m: channel_factory() for m in modes}
         for mode in modes:
             out = model.infer(batch, mode, score_threshold=score_threshold, nms_threshold=nms_threshold,
                               budget=budget, strategy=strategy, channel=channels[mode], frame_index=frame)

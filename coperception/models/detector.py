@@ -21,15 +21,17 @@ training the strategy's differentiable ``simulate`` stands in for the byte path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coperception.comm.message import Message
-from coperception.comm.select import SampleView, Sent, Strategy
+from coperception.comm.channel import latest_per_sender
+from coperception.comm.message import Message, SparseCells
+from coperception.comm.select import SampleView, Sent, Strategy, split_parts
 from coperception.comm.strategies import DenseStrategy, LateStrategy
 from coperception.comm.wire import decode
 from coperception.data.collate import CooperativeBatch
@@ -147,9 +149,10 @@ class CooperativeDetector(nn.Module):
             raise ConfigError(f"unknown inference mode {mode!r}")
         if mode == "intermediate" and self.fusion is None:
             raise ConfigError("this model has no fusion module: intermediate inference is impossible")
-        if channel is not None and (channel.latency or channel.jitter):
-            raise ConfigError("detector inference runs frames independently: channel latency needs the "
-                              "sequential closed-loop evaluation (use latency_frames = 0 here)")
+        if channel is not None and (channel.latency or channel.jitter) and (
+                batch.world_from_agent is None or len(batch) != 1):
+            raise ConfigError("channel latency needs frames in time order one at a time (batch size 1) with "
+                              "world poses in the batch, so that a stale message is placed with its capture pose")
         strat = self._late if mode == "late" else (strategy or self.comm)
         return self.communicate(batch, feats, strat, budget, channel, frame_index, decode_args)
 
@@ -166,13 +169,15 @@ class CooperativeDetector(nn.Module):
         transmissions, received, start = [], [], 0
         for b, count in enumerate(counts):
             rows = slice(start, start + count)
+            world = None if batch.world_from_agent is None else batch.world_from_agent[rows]
             view = SampleView(batch.agent_ids[b], frame_index + b, feats.features[rows], conf[rows],
                               batch.ego_from_agent[rows], None if occ is None else occ[rows],
-                              None if dets is None else dets[rows])
+                              None if dets is None else dets[rows], world)
             sends = strat.transmit(view, budget)
             transmissions.append(sends)
-            received.append(strat.receive(_deliver(sends, str(batch.agent_ids[b][0]), channel, frame_index + b),
-                                          feats.features.device))
+            arrived = _deliver(sends, str(batch.agent_ids[b][0]), channel, frame_index + b,
+                               None if world is None else view.pose(0))
+            received.append(strat.receive(arrived, feats.features.device))
             start += count
         egos = ego_rows(batch.agents_per_sample)
         if strat.sends_features:
@@ -202,14 +207,31 @@ class CooperativeDetector(nn.Module):
         return self.infer(batch, mode, **decode).detections
 
 
-def _deliver(sends: list[Sent], ego: str, channel, frame: int) -> list[Message]:
-    """The decoded messages that reach the ego: through ``channel`` if given, else every message
-    addressed to it, decoded from its bytes (the receiver never sees the sender's objects)."""
+def _deliver(sends: list[Sent], ego: str, channel, frame: int, world_from_ego: np.ndarray | None) -> list[Message]:
+    """The decoded messages with content (features / boxes) that reach the ego this frame, newest
+    per sender, with poses in the ego frame.
+
+    Through ``channel`` if given (loss, bit errors, latency, pose noise), else every message
+    addressed to the ego, decoded from its bytes (the receiver never sees the sender's objects).
+    Messages announce world poses when ``world_from_ego`` is given: the ego places each one with
+    the pose it was captured at, relative to where the ego is now (a stale message's moving
+    objects are off by their motion, static ones land right).
+    """
     if channel is None:
-        return [decode(s.data) for s in sends if ego in s.receivers and s.message.sender_id != ego]
-    for s in sends:
-        channel.broadcast(frame, s.message.sender_id, s.receivers, s.data)
-    return channel.deliver(frame, ego)
+        msgs = [decode(s.data) for s in sends if ego in s.receivers and s.message.sender_id != ego]
+    else:
+        for s in sends:
+            channel.broadcast(frame, s.message.sender_id, s.receivers, s.data)
+        msgs = channel.deliver(frame, ego)
+    msgs = latest_per_sender([m for m in msgs if _has_content(m)])
+    if world_from_ego is None:
+        return msgs
+    ego_from_world = np.linalg.inv(world_from_ego)
+    return [replace(m, world_from_lidar=ego_from_world @ m.world_from_lidar) for m in msgs]
+
+
+def _has_content(message: Message) -> bool:
+    return any(not (isinstance(p, SparseCells) and p.shape[0] == 0) for p in split_parts(message.payload))
 
 
 def occupancy_maps(batch: CooperativeBatch, grid, stride: int) -> torch.Tensor:

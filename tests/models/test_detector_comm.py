@@ -41,10 +41,36 @@ def test_lost_or_corrupt_messages_fall_back_to_the_ego_alone(tiny_experiment, fa
     assert [s.nbytes for ss in broken.sent for s in ss] == [s.nbytes for ss in clean.sent for s in ss]
 
 
-def test_channel_latency_is_refused_for_frame_independent_inference(tiny_experiment):
+def test_latency_delivers_last_frames_message_placed_with_its_capture_pose(tiny_experiment):
+    torch.manual_seed(0)
     model = build_detector(tiny_experiment).eval()
+    ds = build_dataset(tiny_experiment, "train", train=False)
+    assert ds[0].key[0] == ds[1].key[0] and ds[0].world_from_agent is not None  # one scenario, in order
+    f0, f1 = (ds.collate_fn()([ds[i]]) for i in range(2))
     with pytest.raises(ConfigError, match="latency"):
-        model.infer(_batch(tiny_experiment), "intermediate", channel=Channel(latency_frames=1))
+        model.infer(ds.collate_fn()([ds[0], ds[1]]), "intermediate", channel=Channel(latency_frames=1))
+    channel = Channel(seed=0, latency_frames=1)
+    first = model.infer(f0, "intermediate", score_threshold=0.0, channel=channel, frame_index=0)
+    assert _same(first.detections, model.infer(f0, "single", score_threshold=0.0).detections)  # nothing yet
+    sender = str(f0.agent_ids[0][1])
+    ego = str(f0.agent_ids[0][0])
+    assert channel.link_stats(sender, ego).delivered_messages == 0
+    model.infer(f1, "intermediate", score_threshold=0.0, channel=channel, frame_index=1)
+    assert channel.link_stats(sender, ego).delivered_messages == 1
+
+
+def test_stale_message_pose_is_relative_to_the_receivers_current_pose():
+    from coperception.comm.message import DenseFeatures, Message
+    from coperception.comm.select import sent
+    from coperception.models.detector import _deliver
+
+    world_sender_then = np.eye(4)
+    world_sender_then[:3, 3] = [100.0, 50.0, 0.0]
+    world_ego_now = np.eye(4)
+    world_ego_now[:3, 3] = [90.0, 50.0, 0.0]
+    msg = Message("7", 3, world_sender_then, DenseFeatures(np.ones((2, 4, 4), np.float32)))
+    (out,) = _deliver([sent(msg, ["1"])], "1", None, 4, world_ego_now)
+    np.testing.assert_allclose(out.world_from_lidar[:3, 3], [10.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("name", ["where2comm", "supply_demand", "codebook", "late"])
