@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     e.add_argument("--max-staleness", type=int, default=None, metavar="FRAMES",
                    help="channel: drop messages older than this at arrival")
     e.add_argument("--seed", type=int, default=0, help="channel seed")
+    e.add_argument("--cuda-graphs", action="store_true",
+                   help="on CUDA, replay the backbone from a captured CUDA graph (faster; same outputs)")
     e.set_defaults(func=run_eval)
     w = subparsers.add_parser("sweep", help="AP against measured bytes for strategies x budgets (table, JSON, plot)",
                               description=_SWEEP_DOC)
@@ -153,6 +155,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root)
+    if args.cuda_graphs and str(device).startswith("cuda"):
+        from coperception.models.graphs import graph_inference
+        graph_inference(model)
     split = args.split or cfg.data.test_split
     with Progress(transient=True) as progress:
         task = progress.add_task(f"eval {split}", total=None)
