@@ -120,7 +120,8 @@ def scatter_to_bev(features: torch.Tensor, coords: torch.Tensor, num_agents: int
     if len(coords):
         lo = coords.amin(dim=0)
         hi = coords.amax(dim=0)
-        if bool((lo < 0).any()) or hi[0] >= num_agents or hi[1] >= h or hi[2] >= w:
+        limit = torch.tensor([num_agents, h, w], device=hi.device)
+        if bool(((lo < 0) | (hi >= limit)).any()):  # one host sync per batch
             raise ConfigError(f"pillar coords [agent,row,col] span {lo.tolist()}..{hi.tolist()}, outside "
                               f"{num_agents} agents x {h} rows x {w} cols: voxeliser and encoder grids differ?")
     flat = (coords[:, 0] * h + coords[:, 1]) * w + coords[:, 2]

@@ -77,28 +77,27 @@ def _check_boxes(boxes: torch.Tensor, where: str) -> None:
 
 
 def match_anchors(iou: torch.Tensor, pos_threshold: float, neg_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """iou: (N anchors, M boxes) -> labels (N,) in {1, 0, -1} and matched box index (N,) (-1 unless positive)."""
+    """iou: (N anchors, M boxes) -> labels (N,) in {1, 0, -1} and matched box index (N,) (-1 unless positive).
+
+    Written without boolean-mask indexing so that it never waits for the device (no host sync).
+    """
     n, m = iou.shape
-    labels = iou.new_full((n,), -1, dtype=torch.int64)
-    matched = iou.new_full((n,), -1, dtype=torch.int64)
     if m == 0:
-        labels.zero_()
-        return labels, matched
+        return (iou.new_zeros((n,), dtype=torch.int64), iou.new_full((n,), -1, dtype=torch.int64))
     best_iou, best_box = iou.max(dim=1)
-    labels[best_iou < neg_threshold] = 0
+    minus_one = torch.full((), -1, dtype=torch.int64, device=iou.device)
+    labels = torch.where(best_iou < neg_threshold, torch.zeros_like(minus_one), minus_one)
     positive = best_iou > pos_threshold
     best_anchor = iou.argmax(dim=0)  # first maximum on ties
     boxes = torch.arange(m, device=iou.device)
-    chosen = iou[best_anchor, boxes] > 0
     forced = torch.zeros_like(iou, dtype=torch.bool)
-    forced[best_anchor[chosen], boxes[chosen]] = True
+    forced[best_anchor, boxes] = iou[best_anchor, boxes] > 0  # each box's best anchor, if it overlaps at all
     is_forced = forced.any(dim=1)
     forced_box = torch.where(forced, iou, torch.full_like(iou, -1.0)).argmax(dim=1)
-    positive |= is_forced
+    positive = positive | is_forced
     matched = torch.where(is_forced, forced_box, best_box)
-    labels[positive] = 1
-    matched[~positive] = -1
-    return labels, matched
+    labels = torch.where(positive, torch.ones_like(minus_one), labels)
+    return labels, torch.where(positive, matched, minus_one)
 
 
 class TargetAssigner:
@@ -130,15 +129,19 @@ class TargetAssigner:
 
     def assign_one(self, anchors: torch.Tensor, gt: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """anchors (N, 7), one map's boxes (M, 7) -> labels (N,), box targets (N, 7), dir targets (N,), matched (N,)."""
+        """anchors (N, 7), one map's boxes (M, 7) -> labels (N,), box targets (N, 7), dir targets (N,), matched (N,).
+
+        Targets are computed for every anchor against its matched (or, for non-positives, any)
+        box and kept where positive: no data-dependent shapes, so no host synchronisation.
+        """
         labels, matched = match_anchors(self.iou(anchors, gt), self.pos_threshold, self.neg_threshold)
+        if gt.shape[0] == 0:
+            return labels, anchors.new_zeros(anchors.shape), torch.zeros_like(labels), matched
         pos = labels == 1
-        box_targets = anchors.new_zeros(anchors.shape)
-        dir_targets = torch.zeros_like(labels)
-        if bool(pos.any()):
-            gt_pos = gt[matched[pos]]
-            box_targets[pos] = encode_boxes(gt_pos, anchors[pos])
-            dir_targets[pos] = direction_target(gt_pos[:, 6], self.num_dir_bins, self.dir_offset)
+        gt_matched = gt[matched.clamp(min=0)]
+        box_targets = torch.where(pos[:, None], encode_boxes(gt_matched, anchors), anchors.new_zeros(()))
+        dirs = direction_target(gt_matched[:, 6], self.num_dir_bins, self.dir_offset)
+        dir_targets = torch.where(pos, dirs.to(labels.dtype), torch.zeros_like(labels))
         return labels, box_targets, dir_targets, matched
 
     def __call__(self, anchors: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> AnchorTargets:
@@ -149,10 +152,14 @@ class TargetAssigner:
         anchors = anchors.reshape(-1, 7)
         if len(gt_boxes) == 0:
             raise BoxError("gt_boxes is empty: pass one (M, 7) tensor per map")
-        parts = []
-        for a, gt in enumerate(gt_boxes):
-            gt = torch.as_tensor(gt).to(device=anchors.device, dtype=anchors.dtype)
-            _check_boxes(gt, f"gt_boxes[{a}]")
-            parts.append(self.assign_one(anchors, gt))
+        gts = [torch.as_tensor(gt).to(device=anchors.device, dtype=anchors.dtype) for gt in gt_boxes]
+        for a, gt in enumerate(gts):
+            if gt.ndim != 2 or gt.shape[1] != 7:
+                _check_boxes(gt, f"gt_boxes[{a}]")
+        everything = torch.cat(gts) if gts else anchors.new_zeros((0, 7))
+        if len(everything) and not bool(torch.isfinite(everything).all() & (everything[:, 3:6] > 0).all()):
+            for a, gt in enumerate(gts):  # one host sync for the batch; find the culprit only on failure
+                _check_boxes(gt, f"gt_boxes[{a}]")
+        parts = [self.assign_one(anchors, gt) for gt in gts]
         labels, boxes, dirs, matched = (torch.stack(p) for p in zip(*parts))
         return AnchorTargets(labels, boxes, dirs, matched)
