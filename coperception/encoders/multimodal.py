@@ -92,6 +92,9 @@ class MultiModalEncoder(nn.Module):
     """
 
     consumes_batch = True
+    #: a batch may hold no camera (or no LiDAR) agent, leaving that branch's parameters without
+    #: gradients: DDP must be told (the trainer reads this flag).
+    may_leave_parameters_unused = True
 
     def __init__(self, grid: BEVGrid, lidar: dict[str, Any] | None = None, camera: dict[str, Any] | None = None,
                  lidar_encoder: Literal["pointpillars", "second"] = "pointpillars", out_channels: int | None = None,

@@ -110,7 +110,9 @@ class Trainer:
         self.module = model
         if dist.enabled:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            unused = any(getattr(m, "may_leave_parameters_unused", False) for m in model.modules())
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                   find_unused_parameters=unused)
         self.sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed,
                                         rank=dist.rank, world_size=dist.world_size)
         # The loader draws its workers' base seed from its own generator, never from the global
