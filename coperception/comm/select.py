@@ -157,16 +157,6 @@ def cell_set_message(sender: str, timestamp: int, pose: np.ndarray, mask: torch.
     return Message(sender, timestamp, pose, payload)
 
 
-def cell_set_mask(message: Message, hw: tuple[int, int], device: torch.device | str) -> torch.Tensor | None:
-    """(1, H, W) float mask of a received cell-set message (None if it carries none or the wrong grid)."""
-    p = message.payload
-    if not isinstance(p, SparseCells) or tuple(p.shape[1:]) != tuple(hw):
-        return None
-    mask = torch.zeros(hw[0] * hw[1], device=device)
-    mask[torch.from_numpy(p.indices).to(device)] = 1.0
-    return mask.reshape(1, *hw)
-
-
 def random_topk_mask(conf: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """(N, 1, H, W) -> (N, 1, H, W) float mask of each map's top ``K ~ U(0, 1) * H * W`` cells."""
     n, _, h, w = conf.shape
@@ -217,14 +207,35 @@ class Strategy(nn.Module, abc.ABC):
     def transmit(self, view: SampleView, budget: int | None) -> list[Sent]:
         """Every message of one frame (each fits ``budget`` bytes per agent)."""
 
-    @abc.abstractmethod
     def receive(self, messages: Sequence[Message], device: torch.device | str) -> Received:
-        """The ego's reconstruction of decoded ``messages`` (collaborators' messages only)."""
+        """The ego's reconstruction of decoded ``messages`` (collaborators' messages only): boxes
+        as they are, features through the strategy's representation ``self.rep`` (a strategy
+        without one, e.g. late, uses the boxes only)."""
+        rx, rep = Received(), getattr(self, "rep", None)
+        for message in messages:
+            restore_message(rx, rep, message, device)
+        return rx
 
     def simulate(self, features: torch.Tensor, confidence: torch.Tensor,
                  agents_per_sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         """Differentiable training stand-in: (sum_A, C, H, W) -> (features, mask or None, aux losses)."""
         return features, None, {}
+
+
+def restore_message(rx: Received, rep, message: Message, device) -> None:
+    """Add a decoded message's boxes, and its features if ``rep`` is given, to ``rx`` (cell sets
+    without features -- requests, supply maps -- carry nothing to fuse and are skipped)."""
+    pose = message.world_from_lidar
+    for part in split_parts(message.payload):
+        if isinstance(part, Boxes):
+            rx.boxes.append((part, pose))
+        elif rep is None or (isinstance(part, SparseCells) and part.shape[0] == 0):
+            continue
+        else:
+            feats, mask = rep.restore(part, device)
+            rx.features.append(feats)
+            rx.masks.append(mask)
+            rx.poses.append(pose)
 
 
 def message_of(view: SampleView, row: int, payload) -> Message:

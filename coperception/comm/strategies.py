@@ -27,18 +27,16 @@ messages of one frame together fit its budget (see :mod:`coperception.comm.budge
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 
 from coperception.comm.budget import check_budget, fit_first, fit_prefix
-from coperception.comm.message import Boxes, CodebookIndices, Composite, DenseFeatures, Empty, Message, SparseCells
-from coperception.comm.wire import min_message_bytes
+from coperception.comm.message import Boxes, Composite, Empty, Message
 from coperception.comm.represent import Codebook, Compressor, FloatCells
-from coperception.comm.select import (Received, SampleView, Sent, Strategy, cell_set_mask, cell_set_message,
+from coperception.comm.select import (SampleView, Sent, Strategy, cell_set_message,
                                       collaborator_rows, gaussian_smooth, invert, message_of, random_topk_mask,
                                       ranked_cells, sent, split_parts, warp_maps)
+from coperception.comm.wire import min_message_bytes
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
 
@@ -53,19 +51,14 @@ def _representation(channels: int, dtype: str, compress_ratio: int, recon_weight
     return Compressor(channels, compress_ratio, dtype, recon_weight)
 
 
-def _restore_into(rx: Received, rep, message: Message, device) -> None:
-    """Add a decoded message's features / boxes to ``rx`` (cell sets without features are skipped)."""
-    pose = message.world_from_lidar
-    for part in split_parts(message.payload):
-        if isinstance(part, Boxes):
-            rx.boxes.append((part, pose))
-        elif isinstance(part, SparseCells) and part.shape[0] == 0:
-            continue  # a request / supply cell set, not features
-        elif isinstance(part, (DenseFeatures, SparseCells, CodebookIndices)):
-            feats, mask = rep.restore(part, device)
-            rx.features.append(feats)
-            rx.masks.append(mask)
-            rx.poses.append(pose)
+def _roundtrip_collaborators(rep, features: torch.Tensor, agents_per_sample: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Collaborators' rows of (sum_A, C, H, W) ``features`` through ``rep.roundtrip`` (the ego's
+    map never travels) -> (features, collaborator rows (sum_A,) bool, aux losses)."""
+    rows = collaborator_rows(agents_per_sample).to(features.device)
+    sent_maps, aux = rep.roundtrip(features[rows])
+    full = torch.zeros_like(features).index_put((rows.nonzero().flatten(),), sent_maps.to(features.dtype))
+    return torch.where(rows[:, None, None, None], full, features), rows, aux
 
 
 class DenseStrategy(Strategy):
@@ -89,24 +82,11 @@ class DenseStrategy(Strategy):
             out.append(Sent(msg, data, (ego,)))
         return out
 
-    def receive(self, messages: Sequence[Message], device) -> Received:
-        rx = Received()
-        for m in messages:
-            _restore_into(rx, self.rep, m, device)
-        return rx
-
     def simulate(self, features, confidence, agents_per_sample):
         if not isinstance(self.rep, Compressor):
             return features, None, {}
-        rows = collaborator_rows(agents_per_sample).to(features.device)
-        out, aux = self.rep.roundtrip(features[rows])
-        return torch.where(rows[:, None, None, None], _expand(out, rows, features), features), None, aux
-
-
-def _expand(values: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Place ``values`` (one per true entry of ``rows``) into a tensor shaped like ``like``."""
-    full = torch.zeros_like(like)
-    return full.index_put((rows.nonzero().flatten(),), values.to(like.dtype))
+        out, _, aux = _roundtrip_collaborators(self.rep, features, agents_per_sample)
+        return out, None, aux
 
 
 class SparseStrategy(Strategy):
@@ -184,18 +164,8 @@ class SparseStrategy(Strategy):
             out.append(Sent(msg, data, (ids[0],), "features"))
         return out
 
-    def receive(self, messages: Sequence[Message], device) -> Received:
-        rx = Received()
-        for m in messages:
-            _restore_into(rx, self.rep, m, device)
-        return rx
-
     def simulate(self, features, confidence, agents_per_sample):
-        rows = collaborator_rows(agents_per_sample).to(features.device)
-        out, aux = features, {}
-        if not isinstance(self.rep, FloatCells) or isinstance(self.rep, Compressor):
-            sent_maps, aux = self.rep.roundtrip(features[rows])
-            out = torch.where(rows[:, None, None, None], _expand(sent_maps, rows, features), features)
+        out, rows, aux = _roundtrip_collaborators(self.rep, features, agents_per_sample)
         if self.train_selection == "all":
             return out, None, aux
         conf = gaussian_smooth(confidence.detach().float(), self.smooth_sigma)
@@ -342,13 +312,6 @@ class LateStrategy(Strategy):
             out.append(Sent(msg, data, (ego,), "boxes"))
         return out
 
-    def receive(self, messages: Sequence[Message], device) -> Received:
-        rx = Received()
-        for m in messages:
-            for part in split_parts(m.payload):
-                if isinstance(part, Boxes):
-                    rx.boxes.append((part, m.world_from_lidar))
-        return rx
 
 
 def _confident_boxes(dets, threshold: float) -> Boxes:
