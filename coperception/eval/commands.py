@@ -215,7 +215,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from coperception.eval.sweep import SweepPoint, parse_strategy, plot_sweep, run_sweep
-    from coperception.models.build import build_dataset, build_loader
+    from coperception.models.build import build_dataset
     from coperception.models.experiment import load_detector
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

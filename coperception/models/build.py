@@ -7,7 +7,6 @@ one place); derived values (grid, stride, channels) are computed here, never in 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 
