@@ -107,8 +107,20 @@ def test_codebook_stage_trains_only_the_codebook(tiny_experiment, tmp_path):
                          dist=CPU, max_steps=1)
 
 
-def test_codebook_model_losses_include_the_quantiser(tiny_experiment):
-    cfg = replace(tiny_experiment, model=replace(tiny_experiment.model, comm=Component("codebook", {})))
-    losses = build_detector(cfg)(_batch(cfg))
-    assert {"loss_comm_vq", "loss_comm_recon", "loss_cls", "single_loss_cls"} <= set(losses)
+@pytest.mark.parametrize("comm,fusion,extra", [
+    ("codebook", "max", {"loss_comm_vq", "loss_comm_recon"}),
+    ("where2comm", "where2comm", set()),
+    ("supply_demand", "max", set()),
+    ("dense", "attention", {"loss_comm_recon"}),
+])
+def test_every_strategy_trains_end_to_end(tiny_experiment, comm, fusion, extra):
+    args = {"compress_ratio": 2} if comm == "dense" else {}
+    model_cfg = replace(tiny_experiment.model, comm=Component(comm, args), fusion=Component(fusion))
+    cfg = replace(tiny_experiment, model=model_cfg)
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    losses = model(_batch(cfg))
+    assert extra | {"loss_cls", "single_loss_cls"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.comm.parameters())
