@@ -76,8 +76,10 @@ def ours(root: Path, args, device) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
 
     def loader():
+        # pinned batches, as coperception's trainer loads them on CUDA (OpenCOOD's train.py does not pin)
         return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                           collate_fn=ds.collate_fn(), persistent_workers=args.workers > 0)
+                                           collate_fn=ds.collate_fn(), persistent_workers=args.workers > 0,
+                                           pin_memory=device.type == "cuda")
 
     def step(batch):
         losses = model(move_to_device(batch, device))

@@ -121,7 +121,8 @@ class Trainer:
         self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler,
                                  collate_fn=collate_fn, num_workers=cfg.num_workers,
                                  generator=self.loader_generator,
-                                 persistent_workers=False, drop_last=False)
+                                 persistent_workers=False, drop_last=False,
+                                 pin_memory=dist.device.type == "cuda")  # async host->device copies
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / cfg.batch_size)
         if cfg.init_from:
             state = load_checkpoint(cfg.init_from, map_location=dist.device)
