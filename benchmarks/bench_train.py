@@ -87,7 +87,7 @@ def ours(root: Path, args, device) -> float:
         sum(losses.values()).backward()
         opt.step()
 
-    return time_steps(step, loader, args.steps, args.warmup, device), compute_only(step, loader, device), loader_only(loader)
+    return time_steps(step, loader, args.steps, args.warmup, device), compute_only(step, loader, device, max(3, args.steps)), loader_only(loader, max(3, args.steps))
 
 
 def loader_only(loader, steps: int = 20) -> float:
@@ -175,7 +175,7 @@ def opencood(root: Path, args, device) -> float | None:
         loss.backward()
         opt.step()
 
-    return time_steps(step, loader, args.steps, args.warmup, device), compute_only(step, loader, device), loader_only(loader)
+    return time_steps(step, loader, args.steps, args.warmup, device), compute_only(step, loader, device, max(3, args.steps)), loader_only(loader, max(3, args.steps))
 
 
 def main() -> None:
