@@ -13,6 +13,7 @@ from coperception.config import merge
 from coperception.data.augment import AugmentConfig
 from coperception.data.cameras import ModalityConfig, depth_images
 from coperception.data.dataset import CooperativeDataset
+from coperception.data.formats.memory import MemoryReader
 from coperception.data.formats.opv2v import OPV2VReader
 from coperception.encoders.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch
 from coperception.errors import ConfigError, FormatError
@@ -41,17 +42,6 @@ def camera_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("camera_opv2v")
     generate(root, _sim_config(), scenarios=1, frames=2, fmt="opv2v", seed=3, split_ratios=(1.0, 0.0, 0.0))
     return root
-
-
-class ListReader:
-    def __init__(self, frames):
-        self.frames = {(f.scenario, f.timestamp): f for f in frames}
-
-    def keys(self):
-        return list(self.frames)
-
-    def read(self, key):
-        return self.frames[key]
 
 
 def _dataset(root, modality=HETERO, **kw):
@@ -99,7 +89,7 @@ def test_depth_targets_match_the_rendered_depth():
     from coperception.sim.simulation import Simulation
     frame = Simulation(_sim_config(lidar={"noise_std": 0.0, "dropout": 0.0}), seed=2).step()
     both = ModalityConfig(vehicle="lidar_camera", infrastructure="lidar_camera", image_hw=HW)
-    ds = CooperativeDataset(ListReader([frame]), GRID, modality=both, self_hit_box=None)
+    ds = CooperativeDataset(MemoryReader([frame]), GRID, modality=both, self_hit_box=None)
     s = ds[0]
     for a, obs in enumerate(frame.observations.values()):  # the car, and the RSU in its virtual LiDAR frame
         for c, cam in enumerate(obs.cameras):
@@ -165,7 +155,7 @@ def test_camera_agent_without_cameras_is_a_format_error(camera_root):
     frame = OPV2VReader(camera_root, "train", load_cameras=True)[0]
     stripped = replace(frame, observations={**frame.observations,
                                             "1000": replace(frame.observations["1000"], cameras=())})
-    ds = CooperativeDataset(ListReader([stripped]), GRID, modality=HETERO)
+    ds = CooperativeDataset(MemoryReader([stripped]), GRID, modality=HETERO)
     with pytest.raises(FormatError, match=r"agent 1000 uses cameras but its frame has no camera images"):
         ds[0]
     # Images not loaded: the camera is known, its pixels are not.
@@ -174,7 +164,7 @@ def test_camera_agent_without_cameras_is_a_format_error(camera_root):
                                           r"image for camera0 \(open the reader with load_cameras=True\)"):
         ds[0]
     # A LiDAR-only modality never touches the images.
-    lidar_only = CooperativeDataset(ListReader([stripped]), GRID, modality=replace(HETERO, vehicle="lidar"))
+    lidar_only = CooperativeDataset(MemoryReader([stripped]), GRID, modality=replace(HETERO, vehicle="lidar"))
     assert lidar_only[0].cameras is None
 
 

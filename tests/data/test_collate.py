@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from coperception.data.collate import collate_samples, merge_cells
 from coperception.data.dataset import CooperativeDataset
+from coperception.data.formats.memory import MemoryReader
 from coperception.data.records import AgentKind, AgentObservation, Frame, ObjectSet
 from coperception.data.voxelize import pillarize
 from coperception.geometry.grid import BEVGrid
@@ -31,23 +32,12 @@ def _frame(timestamp: int, num_agents: int, num_objects: int) -> Frame:
     return Frame("s", timestamp, "cav0", obs, objects)
 
 
-class _Reader:
-    def __init__(self, frames):
-        self.frames = {(f.scenario, f.timestamp): f for f in frames}
-
-    def keys(self):
-        return list(self.frames)
-
-    def read(self, key):
-        return self.frames[key]
-
-
 FRAMES = [_frame(0, 3, 2), _frame(1, 1, 0), _frame(2, 4, 5)]
 
 
 def _dataset(fusion, **kw):
     kw.setdefault("voxelize_in", "sample")
-    return CooperativeDataset(_Reader(FRAMES), GRID, fusion=fusion, self_hit_box=None, **kw)
+    return CooperativeDataset(MemoryReader(FRAMES), GRID, fusion=fusion, self_hit_box=None, **kw)
 
 
 def _samples(fusion, **kw):
@@ -127,7 +117,7 @@ def test_points_only_batch_and_move():
 
 
 def test_dataloader_with_workers_and_errors():
-    ds = CooperativeDataset(_Reader(FRAMES), GRID, self_hit_box=None)
+    ds = CooperativeDataset(MemoryReader(FRAMES), GRID, self_hit_box=None)
     loader = DataLoader(ds, batch_size=2, collate_fn=ds.collate_fn(max_objects=10), num_workers=1)
     batches = list(loader)
     assert [len(b) for b in batches] == [2, 1]

@@ -11,6 +11,7 @@ import torch
 
 from coperception.data.augment import AugmentConfig, Augmentation
 from coperception.data.dataset import CooperativeDataset
+from coperception.data.formats.memory import MemoryReader
 from coperception.data.noise import PoseNoise, perturb_poses
 from coperception.data.records import AgentKind, AgentObservation, Frame, ObjectSet
 from coperception.errors import ConfigError, FormatError
@@ -67,20 +68,17 @@ def make_frame(timestamp: int = 0, agents=("ego", "b", "far", "rsu"), with_visib
     return Frame("scene", timestamp, "ego", obs, objects, vis)
 
 
-class ListReader:
+class ListReader(MemoryReader):
     """In-memory reader; ``bad`` keys raise FormatError like a corrupt file."""
 
     def __init__(self, frames, bad=()):
-        self.frames = {(f.scenario, f.timestamp): f for f in frames}
+        super().__init__(frames)
         self.bad = set(bad)
-
-    def keys(self):
-        return list(self.frames)
 
     def read(self, key):
         if key in self.bad:
             raise FormatError(f"scene/{key[1]:06d}.pcd: truncated DATA section")
-        return self.frames[key]
+        return super().read(key)
 
 
 def _marker(cloud: torch.Tensor) -> torch.Tensor:
@@ -290,3 +288,14 @@ def test_reads_an_opv2v_split_written_to_disk(tmp_path):
     np.testing.assert_allclose(in_ego[:3].numpy(), _ego_frame(MARK_WORLD), atol=1e-3)
     batch = ds.collate_fn(max_objects=100)([s])
     assert batch.cells.num_agents == 3 and batch.gt_boxes.shape == (1, 100, 7)
+
+
+def test_memory_reader_serves_frames_in_order_and_names_bad_keys():
+    frames = [make_frame(timestamp=t) for t in (3, 1)]
+    reader = MemoryReader(frames)
+    assert reader.keys() == [("scene", 3), ("scene", 1)] and len(reader) == 2
+    assert reader[1] is frames[1]
+    with pytest.raises(FormatError, match=r"no frame \('scene', 7\)"):
+        reader.read(("scene", 7))
+    with pytest.raises(FormatError, match="two frames share scenario 'scene', timestamp 3"):
+        MemoryReader([frames[0], frames[0]])

@@ -5,6 +5,7 @@ timestamp)]`` and ``read(key) -> Frame``; every writer is ``Writer(root, split, 
 ``write(scenario, frame)`` and ``close()`` (and works as a context manager). Split names are the
 library's ``train`` / ``validate`` / ``test``; :meth:`FormatSpec.split_name` maps them to the
 format's own file or folder names (DAIR-V2X calls the validation split ``val``).
+:class:`~coperception.data.formats.memory.MemoryReader` serves frames held in memory the same way.
 """
 
 from __future__ import annotations
