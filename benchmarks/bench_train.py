@@ -37,6 +37,12 @@ HYPES = "hypes_yaml/point_pillar_intermediate_fusion.yaml"
 RANGE = (-140.8, -40.0, -3.0, 140.8, 40.0, 1.0)
 
 
+def write_synthetic(root: Path, frames: int, agents: int, points: int, seed: int = 0) -> Path:
+    """``frames`` synthetic OPV2V frames (binary PCD) of ``agents`` x ``points`` under ``root``."""
+    rng = np.random.default_rng(seed)
+    return write_split(root, [synth_frame(rng, 2 * i + 68, agents, points) for i in range(frames)], "binary")
+
+
 def our_config(root: Path, agents: int, batch: int) -> ExperimentConfig:
     base = load_experiment(Path(__file__).resolve().parents[1] / "models" / "_base.yaml")
     data = replace(base.data, root=str(root), lidar_range=RANGE, max_agents=agents, augment=None)
@@ -190,10 +196,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_split(Path(tmp), [synth_frame(rng, 2 * i + 68, args.agents, args.points)
-                                       for i in range(args.frames)], "binary")
+        root = write_synthetic(Path(tmp), args.frames, args.agents, args.points)
         theirs = opencood(root, args, device)
         mine = ours(root, args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

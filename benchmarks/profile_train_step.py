@@ -11,14 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_data import synth_frame, write_split  # noqa: E402
-from bench_train import our_config  # noqa: E402
+from bench_train import our_config, write_synthetic  # noqa: E402
 
 from coperception.models.build import build_dataset, build_detector  # noqa: E402
 from coperception.train.device import move_to_device  # noqa: E402
@@ -33,10 +31,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=30)
     args = p.parse_args()
     device = torch.device(args.device)
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_split(Path(tmp), [synth_frame(rng, 2 * i + 68, args.agents, args.points)
-                                       for i in range(args.batch)], "binary")
+        root = write_synthetic(Path(tmp), args.batch, args.agents, args.points)
         cfg = our_config(root, args.agents, args.batch)
         model = build_detector(cfg).to(device).train()
         ds = build_dataset(cfg, "train", train=True)
