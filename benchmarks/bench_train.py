@@ -43,9 +43,10 @@ def write_synthetic(root: Path, frames: int, agents: int, points: int, seed: int
     return write_split(root, [synth_frame(rng, 2 * i + 68, agents, points) for i in range(frames)], "binary")
 
 
-def our_config(root: Path, agents: int, batch: int) -> ExperimentConfig:
+def our_config(root: Path, agents: int, batch: int, voxelize_on: str = "auto") -> ExperimentConfig:
     base = load_experiment(Path(__file__).resolve().parents[1] / "models" / "_base.yaml")
-    data = replace(base.data, root=str(root), lidar_range=RANGE, max_agents=agents, augment=None)
+    data = replace(base.data, root=str(root), lidar_range=RANGE, max_agents=agents, augment=None,
+                   voxelize_on=voxelize_on)
     model = ModelConfig(encoder=base.model.encoder, fusion=Component("attention"),
                         head=HeadConfig(anchor_sizes=((3.9, 1.6, 1.56),), use_direction=False, max_box_extent=6.0),
                         single_loss_weight=0.0)
@@ -74,12 +75,26 @@ def time_steps(step, batches, steps: int, warmup: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def ours(root: Path, args, device) -> float:
-    cfg = our_config(root, args.agents, args.batch)
+def amp_step(model_loss, opt, scaler, amp: bool) -> None:
+    """One optimiser step, with fp16 autocast + GradScaler when ``amp`` (what both OpenCOOD's
+    ``train.py --half`` and our ``train.amp`` do on CUDA)."""
+    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        loss = model_loss()
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
+def ours(root: Path, args, device, voxelize_on: str = "auto") -> float:
+    cfg = our_config(root, args.agents, args.batch, voxelize_on)
     torch.manual_seed(0)
     model = build_detector(cfg).to(device).train()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ds = build_dataset(cfg, "train", train=True)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
 
     def loader():
         # pinned batches, as coperception's trainer loads them on CUDA (OpenCOOD's train.py does not pin)
@@ -88,10 +103,8 @@ def ours(root: Path, args, device) -> float:
                                            pin_memory=device.type == "cuda")
 
     def step(batch):
-        losses = model(move_to_device(batch, device))
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
+        batch = move_to_device(batch, device)
+        amp_step(lambda: sum(model(batch).values()), opt, scaler, args.amp)
 
     return time_steps(step, loader, args.steps, args.warmup, device), compute_only(step, loader, device, max(3, args.steps)), loader_only(loader, max(3, args.steps))
 
@@ -168,6 +181,7 @@ def opencood(root: Path, args, device) -> float | None:
     model = train_utils.create_model(params).to(device).train()
     criterion = train_utils.create_loss(params)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
 
     def loader():
         return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
@@ -175,11 +189,7 @@ def opencood(root: Path, args, device) -> float | None:
 
     def step(batch):
         batch = train_utils.to_device(batch, device)
-        out = model(batch["ego"])
-        loss = criterion(out, batch["ego"]["label_dict"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        amp_step(lambda: criterion(model(batch["ego"]), batch["ego"]["label_dict"]), opt, scaler, args.amp)
 
     return time_steps(step, loader, args.steps, args.warmup, device), compute_only(step, loader, device, max(3, args.steps)), loader_only(loader, max(3, args.steps))
 
@@ -194,15 +204,22 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast + GradScaler for both (CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="ours: convolution weights in channels-last layout")
+    p.add_argument("--skip-opencood", action="store_true", help="time ours only")
+    p.add_argument("--voxelize-on", default="auto", choices=("auto", "loader", "device"),
+                   help="ours: where clouds become pillars (auto: the GPU on CUDA, the loader on CPU)")
     args = p.parse_args()
     device = torch.device(args.device)
+    args.amp = args.amp and device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic(Path(tmp), args.frames, args.agents, args.points)
-        theirs = opencood(root, args, device)
-        mine = ours(root, args, device)
+        theirs = None if args.skip_opencood else opencood(root, args, device)
+        mine = ours(root, args, device, args.voxelize_on)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nTraining step, batch {args.batch} x {args.agents} agents, {args.points} points each, "
-          f"{args.workers} loader workers, {name}")
+          f"{args.workers} loader workers, {'AMP fp16' if args.amp else 'fp32'}, ours voxelising on "
+          f"{args.voxelize_on}, {name}")
     print(f"{'implementation':<42}{'s/step':>10}{'it/s':>10}{'ratio':>8}{'compute-only s':>16}{'ratio':>8}"
           f"{'loader-only s':>15}")
     if theirs is not None:

@@ -125,8 +125,10 @@ class CameraSample:
     has_camera: torch.Tensor
 
     def augmented(self, matrix: np.ndarray) -> "CameraSample":
-        """Extrinsics moved by a (4, 4) global augmentation ``G``: ``G @ lidar_from_camera``."""
+        """Extrinsics moved by a (4, 4) global augmentation ``G`` (or one (A, 4, 4) change of
+        frame per agent): ``G @ lidar_from_camera``."""
         g = torch.as_tensor(matrix, dtype=torch.float64)
+        g = g[:, None] if g.ndim == 3 else g
         return replace(self, lidar_from_camera=(g @ self.lidar_from_camera.double()).float())
 
 

@@ -22,6 +22,7 @@ from coperception.data.cameras import collate_cameras
 from coperception.data.pillars import Pillars
 from coperception.data.voxelize import Voxels
 from coperception.encoders.camera import CameraBatch
+from coperception.errors import BoxError
 
 if TYPE_CHECKING:  # dataset.py imports this module
     from coperception.data.dataset import CooperativeSample, Targets
@@ -124,8 +125,20 @@ def merge_cells(parts: list[Pillars | Voxels]) -> Pillars | Voxels:
                 torch.cat([p.num_points for p in parts], dim=0), int(agents.sum()))
 
 
-def _pad_targets(targets: list[Targets], max_objects: int | None):
+def _check_boxes(targets: list[Targets], names: list[str]) -> None:
+    """Ground truth must be finite with positive sizes: checked here, on the host, once per batch,
+    so that target assignment on the device never has to wait for a check."""
+    for t, name in zip(targets, names):
+        b = t.boxes
+        if b.ndim != 2 or b.shape[1] != 7:
+            raise BoxError(f"{name}: ground-truth boxes must be (N, 7) [x,y,z,l,w,h,yaw], got {tuple(b.shape)}")
+        if len(b) and not bool(torch.isfinite(b).all() and (b[:, 3:6] > 0).all()):
+            raise BoxError(f"{name}: ground-truth boxes need finite values and positive l, w, h")
+
+
+def _pad_targets(targets: list[Targets], max_objects: int | None, names: list[str] | None = None):
     """Stack (n_i, ...) targets into (len, N, ...) with a mask; N = max n_i, or ``max_objects``."""
+    _check_boxes(targets, names or [f"targets[{i}]" for i in range(len(targets))])
     boxes = pad_sequence([t.boxes for t in targets], batch_first=True)
     ids = pad_sequence([t.ids for t in targets], batch_first=True, padding_value=-1)
     classes = pad_sequence([t.classes for t in targets], batch_first=True, padding_value=-1)
@@ -167,7 +180,8 @@ def collate_samples(samples: list[CooperativeSample], max_objects: int | None = 
         cells = voxelizer(points)
     elif all(s.cells is not None for s in samples):
         cells = merge_cells([s.cells for s in samples])
-    gt_boxes, gt_mask, gt_ids, gt_classes = _pad_targets([s.gt for s in samples], max_objects)
+    gt_boxes, gt_mask, gt_ids, gt_classes = _pad_targets(
+        [s.gt for s in samples], max_objects, [f"frame {s.key}: ground truth" for s in samples])
     batch = CooperativeBatch(
         keys=[s.key for s in samples], fusion=samples[0].fusion, agent_ids=[s.agent_ids for s in samples],
         agents_per_sample=torch.tensor([s.num_agents for s in samples], dtype=torch.int64),
@@ -178,8 +192,9 @@ def collate_samples(samples: list[CooperativeSample], max_objects: int | None = 
         cells=cells, points=points, gt_boxes=gt_boxes, gt_mask=gt_mask, gt_ids=gt_ids, gt_classes=gt_classes)
     if all(s.agent_gt is not None for s in samples):
         agent_targets = [t for s in samples for t in s.agent_gt]
+        names = [f"frame {s.key}: agent {a} ground truth" for s in samples for a in s.agent_ids]
         (batch.agent_gt_boxes, batch.agent_gt_mask, batch.agent_gt_ids,
-         batch.agent_gt_classes) = _pad_targets(agent_targets, max_objects)
+         batch.agent_gt_classes) = _pad_targets(agent_targets, max_objects, names)
     if all(s.world_from_agent is not None for s in samples):
         batch.world_from_agent = torch.cat([s.world_from_agent for s in samples], dim=0)
     with_cameras = [s.cameras is not None for s in samples]

@@ -16,6 +16,23 @@ frame the fusion mode needs -> cameras (with a ``modality`` that uses them: see
   what fusion uses) and ``ego_from_agent_clean`` (truth) tell where each agent's map goes.
 * **late**: as intermediate, plus each agent's own ground truth in its own frame.
 
+Which frame a collaborator's cloud is encoded in (``agent_frame``; intermediate and late):
+
+* ``"own"``: its own LiDAR frame (the map is warped by the full SE(2) pose at fusion).
+* ``"ego_heading"``: its own origin, the ego's axes -- the cloud is turned by the announced
+  relative yaw before encoding, so the warp at fusion is a pure translation. A learned BEV
+  feature is not rotation-equivariant: the offsets and heading its channels encode are in the
+  frame it was computed in, and warping a map by a 90 degree yaw moves its cells but not what
+  its channels mean, so a head in the ego frame decodes boxes rotated by the relative yaw (high
+  AP@0.3, poor AP@0.7). Turning the points first removes that mismatch and keeps each agent's
+  own range around itself (measured in models/README.md).
+* ``"ego"``: OpenCOOD's ``proj_first``: the cloud is moved into the ego frame and cropped to the
+  ego's range, and ``ego_from_agent`` becomes the (noise-only) residual.
+
+The change of frame uses the *announced* (noisy) relative pose, as a real sender would;
+``ego_from_agent`` / ``ego_from_agent_clean``, each agent's own ground truth and camera extrinsics
+move with the cloud. Early fusion has one ego-frame cloud and ignores it.
+
 Ground truth follows OpenCOOD: world boxes to the ego frame, kept when all 8 corners lie inside
 ``grid.lidar_range`` (z included). When the ego is a road-side unit, z is not tested: its LiDAR
 sits metres above the road, and OpenCOOD's z test would drop every object (see REFERENCE.md).
@@ -61,6 +78,8 @@ from coperception.geometry.pose import relative_transform
 logger = logging.getLogger(__name__)
 
 FUSION_MODES = ("early", "intermediate", "late")
+#: Frames a collaborator's cloud can be encoded in (see the module docstring).
+AGENT_FRAMES = ("own", "ego_heading", "ego")
 VOXELIZATIONS = ("pillars", "voxels", "none")
 #: OpenCOOD's ``mask_ego_points`` box (xmin, ymin, xmax, ymax), metres in the LiDAR frame.
 SELF_HIT_BOX = (-1.95, -1.1, 2.95, 1.1)
@@ -177,6 +196,8 @@ class CooperativeDataset(Dataset):
         no image is touched. With cameras, the reader must load images (``load_cameras=True``);
         a camera-only agent's cloud is emptied after its depth targets are made; augmentation
         moves the camera extrinsics with the points; early fusion is refused.
+    agent_frame: "own" | "ego_heading" | "ego", the frame each collaborator's cloud is encoded
+        in (module docstring); ignored by early fusion.
     """
 
     def __init__(self, reader, grid: BEVGrid, *, fusion: str = "intermediate", max_agents: int = 5,
@@ -185,7 +206,8 @@ class CooperativeDataset(Dataset):
                  max_points_per_pillar: int = 32, max_pillars: int | None = None, return_points: bool = False,
                  self_hit_box: tuple[float, float, float, float] | None = SELF_HIT_BOX,
                  gt_visible_only: bool = True, on_error: str = "raise", agent_targets: bool | None = None,
-                 classes: tuple[int, ...] | None = VEHICLE_CLASSES, modality: ModalityConfig | None = None) -> None:
+                 classes: tuple[int, ...] | None = VEHICLE_CLASSES, modality: ModalityConfig | None = None,
+                 agent_frame: str = "own") -> None:
         if fusion not in FUSION_MODES:
             raise ConfigError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
         if voxelization not in VOXELIZATIONS:
@@ -196,6 +218,9 @@ class CooperativeDataset(Dataset):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_agents < 1:
             raise ConfigError(f"max_agents must be >= 1, got {max_agents}")
+        if agent_frame not in AGENT_FRAMES:
+            raise ConfigError(f"agent_frame must be one of {AGENT_FRAMES}, got {agent_frame!r}")
+        self.agent_frame = agent_frame
         if comm_range is not None and not comm_range > 0:
             raise ConfigError(f"comm_range must be > 0 or None, got {comm_range}")
         self.reader, self.grid, self.fusion = reader, grid, fusion
@@ -225,13 +250,15 @@ class CooperativeDataset(Dataset):
         agents = select_agents(frame, self.comm_range, self.max_agents)
         rng = self._rng(key)
         clean, noisy = self._poses(agents, rng)
-        world = agents[0].world_from_lidar @ noisy  # announced world poses (the ego is never noised)
         clouds = self._clouds(agents, noisy)
         cams = None
         if self.modality is not None:
             cams, clouds = self._camera_inputs(key, agents, clouds)
         gt = self._ego_objects(frame, agents)
         agent_gt = self._agent_objects(frame, agents) if self.agent_targets else None
+        if self.agent_frame != "own" and self.fusion != "early":
+            clouds, cams, agent_gt, clean, noisy = self._reframe(clouds, cams, agent_gt, clean, noisy)
+        world = agents[0].world_from_lidar @ noisy  # announced world poses (the ego is never noised)
         if self.train and self.augment is not None:
             aug = sample_augmentation(self.augment, rng)
             clouds, gt, agent_gt, clean, noisy = self._augment(aug, clouds, gt, agent_gt, clean, noisy)
@@ -319,6 +346,31 @@ class CooperativeDataset(Dataset):
         if self.fusion != "early":
             return clouds
         return [torch.cat([_move(c, m) for c, m in zip(clouds, ego_from_agent)], dim=0)]
+
+    def frame_change(self, ego_from_agent: np.ndarray) -> np.ndarray:
+        """(A, 4, 4) ``encoded_from_own`` for announced ``ego_from_agent`` (A, 4, 4): the
+        transform that takes each agent's own LiDAR frame to the frame its cloud is encoded in
+        (identity for the ego and for ``agent_frame="own"``)."""
+        out = np.tile(np.eye(4), (len(ego_from_agent), 1, 1))
+        if self.agent_frame == "ego":
+            out[1:] = ego_from_agent[1:]
+        elif self.agent_frame == "ego_heading":
+            yaw = np.arctan2(ego_from_agent[1:, 1, 0], ego_from_agent[1:, 0, 0])
+            c, s = np.cos(yaw), np.sin(yaw)
+            out[1:, 0, 0], out[1:, 0, 1], out[1:, 1, 0], out[1:, 1, 1] = c, -s, s, c
+        return out
+
+    def _reframe(self, clouds, cams, agent_gt, clean, noisy):
+        """Move every collaborator's cloud (and its ground truth, camera extrinsics and poses) into
+        the frame of ``agent_frame``."""
+        change = self.frame_change(noisy)
+        back = np.linalg.inv(change)
+        clouds = [c if k == 0 else _move(c, change[k]) for k, c in enumerate(clouds)]
+        if agent_gt is not None:
+            agent_gt = [g if k == 0 else ObjectSet(transform_boxes(change[k], g.boxes), g.ids, g.classes, g.speeds)
+                        for k, g in enumerate(agent_gt)]
+        cams = cams.augmented(change) if cams is not None else None
+        return clouds, cams, agent_gt, clean @ back, noisy @ back
 
     def _visible(self, frame: Frame, agents: list[AgentObservation]) -> np.ndarray | None:
         """(N,) bool objects seen by any of ``agents``, or None when the frame has no visibility data."""

@@ -96,7 +96,7 @@ def run_sweep(model, batches: Iterable, points: Sequence[SweepPoint], *, lidar_r
     frame = 0
     with torch.no_grad():
         for batch in batches:
-            batch = batch.to(device)
+            batch = model.with_cells(batch.to(device))
             feats = model.encode(batch)
             for p in points:
                 if p.strategy is None:

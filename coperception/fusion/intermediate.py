@@ -32,6 +32,9 @@ Methods:
   parameter-free scaled dot-product self-attention over the agents' C-dim feature vectors; the
   ego's output row is kept. Only the ego row is computed (the other rows are discarded anyway).
 * :class:`Where2commFusion` -- attention restricted to the cells each agent transmitted.
+* :class:`ConfidenceFusion` -- per location, a softmax over the covering agents of each agent's
+  own detection confidence (the detector passes the shared head's class logits of every unfused
+  map as ``scores``): the agent that sees a location best dominates it.
 * :class:`MultiScaleFusion` -- one fusion per backbone level (HEAL/CoAlign multi-scale fusion):
   takes a list of per-level maps, returns the list of fused maps.
 """
@@ -110,15 +113,35 @@ class BEVFusion(nn.Module, abc.ABC):
             raise ConfigError(f"fusion stride must be >= 1, got {stride}")
         self.grid, self.stride, self.warp_mode = grid, int(stride), warp_mode
 
+    #: The module needs ``scores`` (per-agent detection logits) in :meth:`forward`.
+    needs_scores: bool = False
+
     def forward(self, features: torch.Tensor, agents_per_sample: torch.Tensor, ego_from_agent: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(sum_A, C, H, W) agent-frame maps -> (B, C, H, W) fused maps in each sample's ego frame."""
+                mask: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """(sum_A, C, H, W) agent-frame maps -> (B, C, H, W) fused maps in each sample's ego frame.
+
+        scores: (sum_A, 1, H, W) per-agent confidence logits on the same cells, for modules with
+        ``needs_scores`` (warped with the features, passed to :meth:`fuse_scored`)."""
         counts = _agent_counts(agents_per_sample, features.shape[0])
         mask = self.agent_mask(features, mask)
+        if self.needs_scores:
+            if scores is None or tuple(scores.shape) != (features.shape[0], 1, *features.shape[-2:]):
+                raise ValueError(f"{type(self).__name__} needs scores of shape ({features.shape[0]}, 1, "
+                                 f"{features.shape[-2]}, {features.shape[-1]}), got "
+                                 f"{None if scores is None else tuple(scores.shape)}")
+            features = torch.cat([features, scores.to(features.dtype)], dim=1)
         warped, valid = warp_with_valid(features, ego_from_agent, self.grid, self.stride, self.warp_mode, mask)
         stacked = _stack(warped, counts, self.pad_value)
         present = _stack(valid, counts, False)
-        return self.fuse(stacked, present, _slots(counts, features.device))
+        slots = _slots(counts, features.device)
+        if self.needs_scores:
+            return self.fuse_scored(stacked[:, :, :-1], stacked[:, :, -1:], present, slots)
+        return self.fuse(stacked, present, slots)
+
+    def fuse_scored(self, x: torch.Tensor, scores: torch.Tensor, present: torch.Tensor,
+                    slots: torch.Tensor) -> torch.Tensor:
+        """:meth:`fuse` of modules with ``needs_scores``; scores: (B, L, 1, H, W) warped logits."""
+        raise NotImplementedError
 
     def agent_mask(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         """The (sum_A, 1, H, W) mask to warp with the features (default: the caller's mask)."""
@@ -209,6 +232,41 @@ class Where2commFusion(AttentionFusion):
 
     def __init__(self, grid: BEVGrid, stride: int, warp_mode: str = "bilinear") -> None:
         super().__init__(grid, stride, mask_invalid=True, warp_mode=warp_mode)
+
+
+class ConfidenceFusion(BEVFusion):
+    """Confidence-weighted fusion: per location, ``softmax_agents(score / temperature)`` over the
+    agents that cover (and sent) it, times their vectors.
+
+    ``score`` is each agent's own detection confidence at the cell -- the largest class logit
+    over its anchors from the shared head on its *unfused* map (what the per-agent loss trains;
+    Where2comm's confidence map before the sigmoid). The agent that sees a location best
+    dominates it, so an object only a collaborator sees is carried by that collaborator's vector,
+    not diluted by the ego's empty one, and where several agents see it the more confident views
+    mix. Close to HEAL's pyramid fusion (Lu et al., ICLR 2024: per-agent foreground scores,
+    softmax over agents), with the scores taken from the detection head instead of a separate
+    occupancy head. The detector passes the scores detached: the per-agent loss calibrates them
+    and the fused loss cannot bend them.
+
+    temperature: > 0; lower sharpens the choice towards the single most confident agent.
+    """
+
+    needs_scores = True
+
+    def __init__(self, grid: BEVGrid, stride: int, temperature: float = 1.0, warp_mode: str = "bilinear") -> None:
+        super().__init__(grid, stride, warp_mode)
+        if not float(temperature) > 0:
+            raise ConfigError(f"confidence fusion temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def fuse(self, x: torch.Tensor, present: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        raise ConfigError("ConfidenceFusion needs per-agent scores: call it with scores=")
+
+    def fuse_scored(self, x: torch.Tensor, scores: torch.Tensor, present: torch.Tensor,
+                    slots: torch.Tensor) -> torch.Tensor:
+        logits = (scores.float() / self.temperature).masked_fill(~present, -1e30)
+        weights = torch.softmax(logits, dim=1).to(x.dtype) * present.any(dim=1, keepdim=True)
+        return (weights * x).sum(dim=1)
 
 
 class MultiScaleFusion(nn.Module):

@@ -120,6 +120,12 @@ class AnchorHead(nn.Module):
         with torch.no_grad():
             return self.assigner(self.anchors, gt_boxes)
 
+    def targets_padded(self, gt_boxes: torch.Tensor, valid: torch.Tensor) -> AnchorTargets:
+        """Padded (A, M, 7) ground truth + (A, M) bool validity -> anchor targets of all maps at
+        once (the batch's layout; see :meth:`TargetAssigner.assign_padded`)."""
+        with torch.no_grad():
+            return self.assigner.assign_padded(self.anchors, gt_boxes, valid)
+
     def loss(self, preds: HeadPredictions, targets: AnchorTargets) -> dict[str, torch.Tensor]:
         """Named weighted losses ``loss_cls``, ``loss_reg`` (and ``loss_dir``); their sum is the total."""
         cls, box, d = preds.flat()

@@ -61,12 +61,13 @@ def opencood_standup_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Fast R-CNN's pixel convention: 1 is added to every width, height and overlap extent.
     """
-    iw = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]) + 1).clamp(min=0)
-    ih = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]) + 1).clamp(min=0)
+    a, b = a[..., :, None, :], b[..., None, :, :]  # (..., N, 1, 4), (..., 1, M, 4): batched too
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0]) + 1).clamp(min=0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1]) + 1).clamp(min=0)
     inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return inter / (area_a + area_b - inter)
 
 
 def _check_boxes(boxes: torch.Tensor, where: str) -> None:
@@ -77,23 +78,24 @@ def _check_boxes(boxes: torch.Tensor, where: str) -> None:
 
 
 def match_anchors(iou: torch.Tensor, pos_threshold: float, neg_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """iou: (N anchors, M boxes) -> labels (N,) in {1, 0, -1} and matched box index (N,) (-1 unless positive).
+    """iou: (..., N anchors, M boxes) -> labels (..., N) in {1, 0, -1} and matched box index
+    (..., N) (-1 unless positive). Padding boxes of a batch enter with IoU -1 (never matched).
 
     Written without boolean-mask indexing so that it never waits for the device (no host sync).
     """
-    n, m = iou.shape
+    n, m = iou.shape[-2:]
     if m == 0:
-        return (iou.new_zeros((n,), dtype=torch.int64), iou.new_full((n,), -1, dtype=torch.int64))
-    best_iou, best_box = iou.max(dim=1)
+        return (iou.new_zeros(iou.shape[:-1], dtype=torch.int64), iou.new_full(iou.shape[:-1], -1, dtype=torch.int64))
+    best_iou, best_box = iou.max(dim=-1)
     minus_one = torch.full((), -1, dtype=torch.int64, device=iou.device)
     labels = torch.where(best_iou < neg_threshold, torch.zeros_like(minus_one), minus_one)
     positive = best_iou > pos_threshold
-    best_anchor = iou.argmax(dim=0)  # first maximum on ties
-    boxes = torch.arange(m, device=iou.device)
+    best_anchor = iou.argmax(dim=-2, keepdim=True)  # (..., 1, M): first maximum on ties
     forced = torch.zeros_like(iou, dtype=torch.bool)
-    forced[best_anchor, boxes] = iou[best_anchor, boxes] > 0  # each box's best anchor, if it overlaps at all
-    is_forced = forced.any(dim=1)
-    forced_box = torch.where(forced, iou, torch.full_like(iou, -1.0)).argmax(dim=1)
+    # each box's best anchor, if it overlaps at all
+    forced.scatter_(-2, best_anchor, iou.gather(-2, best_anchor) > 0)
+    is_forced = forced.any(dim=-1)
+    forced_box = torch.where(forced, iou, torch.full_like(iou, -1.0)).argmax(dim=-1)
     positive = positive | is_forced
     matched = torch.where(is_forced, forced_box, best_box)
     labels = torch.where(positive, torch.ones_like(minus_one), labels)
@@ -143,6 +145,33 @@ class TargetAssigner:
         dirs = direction_target(gt_matched[:, 6], self.num_dir_bins, self.dir_offset)
         dir_targets = torch.where(pos, dirs.to(labels.dtype), torch.zeros_like(labels))
         return labels, box_targets, dir_targets, matched
+
+    def assign_padded(self, anchors: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> AnchorTargets:
+        """All maps at once from padded ground truth: anchors (H, W, K, 7) or (N, 7); gt (A, M, 7)
+        boxes of each map in its frame, valid (A, M) bool (False = padding). The same targets as
+        :meth:`__call__` on the unpadded lists, with a fixed number of launches for any number of
+        maps and no host synchronisation (the boxes are checked where the batch is made,
+        :func:`coperception.data.collate.collate_samples`)."""
+        anchors = anchors.reshape(-1, 7)
+        if self.iou_mode == "rotated":  # bev_iou is pairwise over the hull-overlapping pairs of one map
+            return self(anchors, [g[v] for g, v in zip(gt, valid)])
+        gt = gt.to(device=anchors.device, dtype=anchors.dtype)
+        valid = valid.to(anchors.device)
+        if gt.shape[1] == 0:
+            return self(anchors, [g for g in gt])
+        # Padding rows become unit boxes (finite hulls), then their IoU column is -1.
+        safe = torch.where(valid[..., None], gt, gt.new_tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]))
+        hull_a, hull_g = boxes_to_standup(anchors), boxes_to_standup(safe)
+        iou = opencood_standup_iou(hull_a, hull_g) if self.standup_plus_one else standup_iou(hull_a, hull_g)
+        iou = iou.masked_fill(~valid[:, None, :], -1.0)  # (A, N, M)
+        labels, matched = match_anchors(iou, self.pos_threshold, self.neg_threshold)
+        pos = labels == 1
+        index = matched.clamp(min=0)
+        gt_matched = safe.gather(1, index[..., None].expand(-1, -1, 7))  # (A, N, 7)
+        box_targets = torch.where(pos[..., None], encode_boxes(gt_matched, anchors[None]), anchors.new_zeros(()))
+        dirs = direction_target(gt_matched[..., 6], self.num_dir_bins, self.dir_offset)
+        dir_targets = torch.where(pos, dirs.to(labels.dtype), torch.zeros_like(labels))
+        return AnchorTargets(labels, box_targets, dir_targets, matched)
 
     def __call__(self, anchors: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> AnchorTargets:
         """anchors: (H, W, K, 7) or (N, 7); gt_boxes: one (M_a, 7) ``[x,y,z,l,w,h,yaw]`` per map, in its frame.

@@ -45,7 +45,28 @@ def build_detector(cfg: ExperimentConfig) -> CooperativeDetector:
     if m.comm is not None:
         comm = build_strategy(m.comm.name, encoder.out_channels, grid, encoder.stride, **m.comm.args)
     return CooperativeDetector(encoder, head, fusion, mode=cfg.fusion_mode,
-                               single_loss_weight=m.single_loss_weight, comm=comm)
+                               single_loss_weight=m.single_loss_weight, comm=comm, voxelizer=cell_maker(cfg))
+
+
+def cell_maker(cfg: ExperimentConfig):
+    """``clouds -> cells`` for the experiment's encoder (pillars or 3D voxels), picklable."""
+    from functools import partial
+
+    from coperception.data.voxelize import pillarize, voxelize
+    if _lidar_encoder(cfg) in _VOXEL_ENCODERS:
+        return partial(voxelize, grid=cfg.data.grid, max_points_per_voxel=cfg.data.max_points_per_pillar)
+    return partial(pillarize, grid=cfg.data.grid, max_points_per_pillar=cfg.data.max_points_per_pillar)
+
+
+def _lidar_encoder(cfg: ExperimentConfig) -> str:
+    enc = cfg.model.encoder
+    return enc.args.get("lidar_encoder", "pointpillars") if enc.name == "multimodal" else enc.name
+
+
+def voxelize_on_device(cfg: ExperimentConfig) -> bool:
+    """Whether batches carry raw clouds for the detector to voxelise (``data.voxelize_on``)."""
+    where = cfg.data.voxelize_on
+    return where == "device" or (where == "auto" and torch.cuda.is_available())
 
 
 def build_dataset(cfg: ExperimentConfig, split: str, *, train: bool, fusion_mode: str | None = None,
@@ -59,14 +80,14 @@ def build_dataset(cfg: ExperimentConfig, split: str, *, train: bool, fusion_mode
     mode = fusion_mode or cfg.fusion_mode
     cameras = d.modality is not None and d.modality.uses_cameras
     reader = open_reader(d.format, d.root, split, **({"load_cameras": True} if cameras else {}))
-    enc = cfg.model.encoder
-    lidar_name = enc.args.get("lidar_encoder", "pointpillars") if enc.name == "multimodal" else enc.name
-    voxelization = "voxels" if lidar_name in _VOXEL_ENCODERS else "pillars"
+    voxelization = "voxels" if _lidar_encoder(cfg) in _VOXEL_ENCODERS else "pillars"
+    if voxelize_on_device(cfg):
+        voxelization = "none"  # the detector groups the clouds on its device (CooperativeDetector.voxelizer)
     return CooperativeDataset(
         reader, d.grid, fusion=mode, max_agents=d.max_agents, comm_range=d.comm_range, train=train,
         pose_noise=d.pose_noise, augment=d.augment if train else None, voxelization=voxelization,
         max_points_per_pillar=d.max_points_per_pillar, return_points=return_points, on_error=d.on_error,
-        agent_targets=(mode != "early"), modality=d.modality)
+        agent_targets=(mode != "early"), modality=d.modality, agent_frame=d.agent_frame)
 
 
 def build_loader(dataset: CooperativeDataset, batch_size: int, *, num_workers: int = 0,

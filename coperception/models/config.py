@@ -41,6 +41,14 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"
     #: which agents use LiDAR and / or cameras, and the camera image size; None: LiDAR only.
     modality: ModalityConfig | None = None
+    #: the frame a collaborator's cloud is encoded in: "ego_heading" (its origin, the ego's axes;
+    #: fusion warps by a translation only), "own" (its LiDAR frame) or "ego" (OpenCOOD's
+    #: proj_first); see coperception.data.dataset.
+    agent_frame: Literal["own", "ego_heading", "ego"] = "ego_heading"
+    #: where clouds become pillars / voxels: "loader" (DataLoader workers; the batch carries
+    #: padded cells), "device" (the batch carries the raw clouds, ~10x fewer bytes to pin and
+    #: copy, and the detector groups them on its device) or "auto" (device when CUDA is available).
+    voxelize_on: Literal["auto", "loader", "device"] = "auto"
 
     @property
     def grid(self) -> BEVGrid:

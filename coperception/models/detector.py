@@ -60,10 +60,14 @@ class CooperativeDetector(nn.Module):
     head: AnchorHead on the encoder's grid and stride; mode: the training mode;
     single_loss_weight: weight of the per-agent loss in intermediate training (0 disables it);
     comm: the communication strategy of intermediate inference (default: dense fp32 maps).
+    voxelizer: ``clouds -> cells`` for batches that carry raw clouds instead of cells (the dataset
+        built with ``voxelization="none"``): the clouds are grouped on the batch's device, e.g.
+        the GPU, instead of in the DataLoader workers.
     """
 
     def __init__(self, encoder: nn.Module, head: AnchorHead, fusion: nn.Module | None = None, *,
-                 mode: Mode = "intermediate", single_loss_weight: float = 1.0, comm: Strategy | None = None) -> None:
+                 mode: Mode = "intermediate", single_loss_weight: float = 1.0, comm: Strategy | None = None,
+                 voxelizer=None) -> None:
         super().__init__()
         if mode == "intermediate" and fusion is None:
             raise ConfigError("intermediate mode needs a fusion module")
@@ -72,6 +76,13 @@ class CooperativeDetector(nn.Module):
         channels, grid, stride = encoder.out_channels, head.grid, head.stride
         self.comm = comm if comm is not None else DenseStrategy(channels, grid, stride, "fp32")
         self._late = LateStrategy(channels, grid, stride)
+        self.voxelizer = voxelizer
+
+    def with_cells(self, batch: CooperativeBatch) -> CooperativeBatch:
+        """``batch`` with voxelised cells: as given, or made here from its clouds (on their device)."""
+        if batch.cells is not None or batch.points is None or self.voxelizer is None:
+            return batch
+        return replace(batch, cells=self.voxelizer(batch.points))
 
     # -- shared steps --------------------------------------------------------------------------
     def encode(self, batch: CooperativeBatch) -> BEVFeatures:
@@ -84,30 +95,44 @@ class CooperativeDetector(nn.Module):
         return self.encoder(batch.cells)
 
     def fuse(self, feats: BEVFeatures, batch: CooperativeBatch, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fusion(feats.features, batch.agents_per_sample, batch.ego_from_agent, mask)
+        return self._fusion(feats.features, batch.agents_per_sample, batch.ego_from_agent, mask)
 
-    def _loss(self, preds, gt: list[torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    def _fusion(self, maps: torch.Tensor, agents_per_sample, ego_from_agent, mask, cls_logits=None) -> torch.Tensor:
+        """Run the fusion module; one that ``needs_scores`` gets every map's detection confidence
+        logits (max over anchors, detached) from the shared head -- ``cls_logits`` when the head
+        already ran on exactly these maps."""
+        if not getattr(self.fusion, "needs_scores", False):
+            return self.fusion(maps, agents_per_sample, ego_from_agent, mask)
+        if cls_logits is None:
+            cls_logits = self.head(maps).cls_logits
+        scores = cls_logits.detach().amax(dim=1, keepdim=True)
+        return self.fusion(maps, agents_per_sample, ego_from_agent, mask, scores=scores)
+
+    def _loss(self, preds, gt: tuple[torch.Tensor, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """Losses of ``preds`` (or of the head on a map) against padded ground truth ``(boxes (A, M, 7),
+        valid (A, M))``, one row per map; targets for all maps at once, without host syncs."""
         if isinstance(preds, torch.Tensor):
             preds = self.head(preds)
-        losses = self.head.loss(preds, self.head.targets(gt))
+        losses = self.head.loss(preds, self.head.targets_padded(*gt))
         return {f"{prefix}{k}": v for k, v in losses.items()}
 
-    def _agent_gt(self, batch: CooperativeBatch) -> list[torch.Tensor]:
+    def _agent_gt(self, batch: CooperativeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.agent_gt_boxes is None:
             raise ConfigError("batch has no per-agent ground truth; build the dataset with agent_targets=True")
-        return _per_sample(batch.agent_gt_boxes, batch.agent_gt_mask)
+        return batch.agent_gt_boxes, batch.agent_gt_mask
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, batch: CooperativeBatch) -> dict[str, torch.Tensor]:
         """Named losses for ``batch`` in this model's training mode, plus the encoder's auxiliary
         losses (``aux_losses`` of its output, e.g. a camera branch's ``loss_depth``)."""
+        batch = self.with_cells(batch)
         feats = self.encode(batch)
         losses = self._mode_losses(feats, batch)
         losses.update(getattr(feats, "aux_losses", {}))
         return losses
 
     def _mode_losses(self, feats: BEVFeatures, batch: CooperativeBatch) -> dict[str, torch.Tensor]:
-        gt = _per_sample(batch.gt_boxes, batch.gt_mask)
+        gt = (batch.gt_boxes, batch.gt_mask)
         if self.mode == "early":
             return self._loss(feats.features, gt)
         if self.mode == "late":
@@ -117,7 +142,8 @@ class CooperativeDetector(nn.Module):
         agent_preds = self.head(feats.features)
         conf = self.head.confidence_map(agent_preds).detach()
         x, mask, aux = self.comm.simulate(feats.features, conf, batch.agents_per_sample)
-        losses = self._loss(self.fusion(x, batch.agents_per_sample, batch.ego_from_agent, mask), gt)
+        logits = agent_preds.cls_logits if x is feats.features else None
+        losses = self._loss(self._fusion(x, batch.agents_per_sample, batch.ego_from_agent, mask, logits), gt)
         if self.single_loss_weight > 0:
             single = self._loss(agent_preds, self._agent_gt(batch), prefix="single_")
             losses.update({k: self.single_loss_weight * v for k, v in single.items()})
@@ -137,6 +163,7 @@ class CooperativeDetector(nn.Module):
         (raw points are not a wire payload) send nothing.
         """
         mode = mode or self.mode
+        batch = self.with_cells(batch)
         feats = self.encode(batch)
         decode_args = dict(score_threshold=score_threshold, nms_threshold=nms_threshold)
         counts = batch.agents_per_sample.tolist()
@@ -199,7 +226,7 @@ class CooperativeDetector(nn.Module):
             poses += [torch.eye(4, device=device)] + [torch.as_tensor(p, dtype=torch.float32, device=device)
                                                       for p in rx.poses]
             counts.append(1 + len(rx.features))
-        fused = self.fusion(torch.stack(maps), torch.tensor(counts), torch.stack(poses), torch.stack(masks))
+        fused = self._fusion(torch.stack(maps), torch.tensor(counts), torch.stack(poses), torch.stack(masks))
         return self.head.decode(self.head(fused), **decode_args)
 
     def predict(self, batch: CooperativeBatch, mode: Mode | None = None, **decode) -> list[Detections]:

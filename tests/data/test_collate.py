@@ -137,3 +137,21 @@ def test_pin_and_move_to_cuda():
     assert moved.cells.points.is_cuda and moved.cells.coords.is_cuda and moved.points[0].is_cuda
     assert moved.agent_gt_boxes.is_cuda and moved.gt_mask.is_cuda
     assert torch.equal(moved.cells.coords.cpu(), batch.cells.coords)
+
+
+def test_bad_ground_truth_is_refused_at_collate_naming_the_frame():
+    from dataclasses import replace as dc_replace
+
+    from coperception.errors import BoxError
+    samples = _samples("late")
+    bad = samples[2].gt.boxes.clone()
+    bad[0, 3] = float("nan")
+    samples[2] = dc_replace(samples[2], gt=dc_replace(samples[2].gt, boxes=bad))
+    with pytest.raises(BoxError, match=rf"frame {samples[2].key!r}.*finite".replace("(", r"\(").replace(")", r"\)")):
+        collate_samples(samples)
+    agent = _samples("late")
+    box = agent[2].agent_gt[1].boxes.clone()
+    box[0, 4] = 0.0
+    agent[2].agent_gt[1] = dc_replace(agent[2].agent_gt[1], boxes=box)
+    with pytest.raises(BoxError, match=rf"agent {agent[2].agent_ids[1]} ground truth"):
+        collate_samples(agent)

@@ -147,6 +147,48 @@ def test_late_gives_each_agent_its_own_ground_truth():
     assert with_vis.agent_gt[b].ids.tolist() == [11]
 
 
+@pytest.mark.parametrize("frame", ["ego_heading", "ego"])
+def test_agent_frame_turns_collaborator_clouds_and_keeps_everything_consistent(frame):
+    own = _dataset("late", return_points=True)[0]
+    s = _dataset("late", return_points=True, agent_frame=frame)[0]
+    b = s.agent_ids.index("b")
+    mark = _marker(s.points[b])[0, :3].double()
+    # The marker, moved by the new ego_from_agent, still lands where it is in the ego frame.
+    in_ego = s.ego_from_agent[b].double() @ torch.cat([mark, torch.ones(1, dtype=torch.float64)])
+    np.testing.assert_allclose(in_ego[:3].numpy(), _ego_frame(MARK_WORLD), atol=1e-4)
+    rel = s.ego_from_agent[b].double().numpy()
+    np.testing.assert_allclose(rel[:3, :3], np.eye(3), atol=1e-6)  # no rotation left to warp
+    if frame == "ego_heading":  # same origin, the ego's axes
+        np.testing.assert_allclose(rel[:3, 3], own.ego_from_agent[b, :3, 3].numpy(), atol=1e-4)
+        np.testing.assert_allclose(mark.numpy(), rel[:3, :3].T @ (_ego_frame(MARK_WORLD) - rel[:3, 3]), atol=1e-4)
+    else:  # OpenCOOD's proj_first: the cloud is in the ego frame
+        np.testing.assert_allclose(rel, np.eye(4), atol=1e-6)
+        np.testing.assert_allclose(mark.numpy(), _ego_frame(MARK_WORLD), atol=1e-4)
+    # The agent's own ground truth moved with its cloud: box 11 sits on the marker, heading in the ego's axes.
+    row = s.agent_gt[b].boxes[s.agent_gt[b].ids.tolist().index(11)].double().numpy()
+    np.testing.assert_allclose(row[:3], mark.numpy(), atol=1e-4)
+    ego_yaw = POSES["ego"][2]
+    assert math.isclose(math.remainder(row[6] - (WORLD_BOXES[0, 6] - ego_yaw), 2 * math.pi), 0, abs_tol=1e-5)
+    # The ego itself never moves; the world poses announce the new frames.
+    assert torch.equal(s.points[0], own.points[0]) and torch.equal(s.ego_from_agent[0], own.ego_from_agent[0])
+    np.testing.assert_allclose(s.world_from_agent[b].numpy(), _pose("ego") @ rel, atol=1e-4)
+    assert s.gt.ids.tolist() == own.gt.ids.tolist()
+    np.testing.assert_allclose(s.gt.boxes.numpy(), own.gt.boxes.numpy(), atol=1e-6)
+
+
+def test_agent_frame_uses_the_announced_pose_and_refuses_unknown_frames():
+    noise = PoseNoise(pos_std=0.5, rot_std=2.0, seed=3)
+    s = _dataset("intermediate", pose_noise=noise, agent_frame="ego_heading")[0]
+    b = s.agent_ids.index("b")
+    # The sender turned its cloud by its announced (noisy) relative yaw: no yaw is left in the
+    # announced transform, and the clean one holds exactly the noise.
+    noisy, clean = s.ego_from_agent[b].double().numpy(), s.ego_from_agent_clean[b].double().numpy()
+    assert abs(math.atan2(noisy[1, 0], noisy[0, 0])) < 1e-6
+    assert 1e-4 < abs(math.atan2(clean[1, 0], clean[0, 0])) < math.radians(10)
+    with pytest.raises(ConfigError, match="agent_frame"):
+        _dataset("intermediate", agent_frame="sideways")
+
+
 def test_comm_range_and_max_agents():
     assert _dataset(comm_range=None)[0].agent_ids == ("ego", "b", "far", "rsu")
     assert _dataset(comm_range=None, max_agents=2)[0].agent_ids == ("ego", "b")

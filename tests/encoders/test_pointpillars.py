@@ -61,6 +61,30 @@ def test_padding_rows_do_not_change_pillar_features():
     torch.testing.assert_close(vfe(pillars), vfe(padded))
 
 
+def test_pfn_max_matches_a_padded_reference_forward_and_backward():
+    """The PFN's per-pillar max (a scatter over the valid point rows) equals the textbook
+    zero-padded (P, M, C) max, values and gradients (train mode: batch statistics)."""
+    from coperception.encoders.pointpillars import PFNLayer
+    torch.manual_seed(1)
+    layer = PFNLayer(10, 32).train()
+    x = torch.randn(50, 8, 10, requires_grad=True)
+    valid = torch.rand(50, 8) < 0.4
+    valid[:, 0] = True  # every pillar has a point
+    out = layer(x, valid)
+    grad = torch.randn_like(out)
+    (gx,) = torch.autograd.grad(out, x, grad)
+
+    def reference(x):
+        h = torch.relu(layer.norm(layer.linear(x[valid])))
+        dense = h.new_zeros(*valid.shape, h.shape[-1])
+        dense[valid] = h
+        return dense.amax(dim=1)
+    ref = reference(x)
+    (gref,) = torch.autograd.grad(ref, x, grad)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(gx, gref)
+
+
 def test_scatter_puts_each_pillar_in_its_cell():
     coords = torch.tensor([[0, 3, 5], [1, 0, 0], [1, 7, 9], [2, 4, 1]])
     feats = torch.arange(12, dtype=torch.float32).view(4, 3) + 1

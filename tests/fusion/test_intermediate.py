@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from coperception.fusion import FUSIONS, AttentionFusion, FCooperFusion, MaxFusion, MultiScaleFusion, stack_agents
+from coperception.errors import ConfigError
+from coperception.fusion import (FUSIONS, AttentionFusion, ConfidenceFusion, FCooperFusion, MaxFusion, MultiScaleFusion,
+                               stack_agents)
 from coperception.fusion.warp import warp_to_ego, warp_with_valid
 from coperception.geometry.grid import BEVGrid
 from coperception.geometry.pose import se3_from_xyz_rpy
@@ -27,8 +29,21 @@ def _batch(seed: int = 0, channels: int = 4):
     return feats, tfms
 
 
+class _Scored(torch.nn.Module):
+    """A fusion that ``needs_scores``, fed a per-agent score derived from each agent's own map (as
+    the detector derives it from the shared head), so the generic tests below cover it too."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, feats, counts, tfms, mask=None):
+        return self.inner(feats, counts, tfms, mask, scores=3.0 * feats[:, :1] - feats[:, 1:2])
+
+
 def _build(name: str):
-    return FUSIONS[name](GRID, 1)
+    module = FUSIONS[name](GRID, 1)
+    return _Scored(module) if module.needs_scores else module
 
 
 @pytest.mark.parametrize("name", sorted(FUSIONS))
@@ -136,6 +151,37 @@ def test_unmasked_attention_matches_opencood_attfuse():
     ref = self_attn.AttFusion(feats.shape[1])(warped, COUNTS)
     ours = AttentionFusion(GRID, 1, mask_invalid=False)(feats, COUNTS, tfms)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_confidence_fusion_follows_the_most_confident_agent():
+    # Ego and a collaborator shifted 4 m east with constant maps; scores favour the ego on the
+    # left half of the ego map and the collaborator on the right half.
+    feats = torch.stack([torch.full((2, 16, 16), 1.0), torch.full((2, 16, 16), 5.0)])
+    feats[1, 1] = -2.0
+    tfms = torch.stack([torch.eye(4), _tfm(4.0, 0.0, 0.0)])
+    scores = torch.zeros(2, 1, 16, 16)
+    scores[0, :, :, :8] = 20.0  # ego sure on its left half
+    scores[1, :, :, :] = 10.0   # collaborator fairly sure everywhere it sees
+    out = ConfidenceFusion(GRID, 1)(feats, torch.tensor([2]), tfms, scores=scores)[0]
+    # Columns 0..3: the collaborator (shifted 4 m) does not cover them -> the ego's vector exactly.
+    torch.testing.assert_close(out[:, :, :4], feats[0, :, :, :4])
+    # Columns 4..7: both cover, ego's logit 20 vs 10 -> weights sigmoid(10) : sigmoid(-10).
+    w = torch.sigmoid(torch.tensor(10.0))
+    torch.testing.assert_close(out[0, :, 4:8], torch.full((16, 4), float(w * 1.0 + (1 - w) * 5.0)))
+    # Columns 8..15: ego 0 vs collaborator 10 -> (almost) the collaborator's vector.
+    w = torch.sigmoid(torch.tensor(-10.0))
+    torch.testing.assert_close(out[1, :, 9:], torch.full((16, 7), float(w * 1.0 + (1 - w) * -2.0)))
+    # A lower temperature sharpens the same choice; a masked-out cell never takes part.
+    sharp = ConfidenceFusion(GRID, 1, temperature=0.1)(feats, torch.tensor([2]), tfms, scores=scores)[0]
+    assert (sharp[0, :, 4:8] - 1.0).abs().max() < (out[0, :, 4:8] - 1.0).abs().max()
+    mask = torch.ones(2, 1, 16, 16)
+    mask[1, :, :, 8:] = 0  # collaborator columns 8.. = ego columns 12..
+    masked = ConfidenceFusion(GRID, 1)(feats, torch.tensor([2]), tfms, mask, scores=scores)[0]
+    torch.testing.assert_close(masked[:, :, 12:], feats[0, :, :, 12:])
+    with pytest.raises(ConfigError, match="temperature"):
+        ConfidenceFusion(GRID, 1, temperature=0.0)
+    with pytest.raises(ValueError, match="needs scores"):
+        ConfidenceFusion(GRID, 1)(feats, torch.tensor([2]), tfms)
 
 
 def test_fcooper_spatial_ignores_agents_that_do_not_see_a_cell():

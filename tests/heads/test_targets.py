@@ -121,3 +121,25 @@ def test_anchors_and_labels_match_opencood():
     assert np.array_equal(t.labels[0].numpy() == 0, label["neg_equal_one"].reshape(-1) == 1)
     their_targets = label["targets"].reshape(-1, 7)[:, [0, 1, 2, 5, 4, 3, 6]]
     np.testing.assert_allclose(t.box_targets[0].numpy(), their_targets, atol=1e-9)
+
+
+@pytest.mark.parametrize("plus_one", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_padded_batch_assignment_equals_the_per_map_one(plus_one, seed):
+    """All maps at once from padded ground truth (the detector's path) == one map at a time."""
+    anchors = make_anchors(GRID, 1, (AnchorSize(4.5, 2.0, 1.56, -1.0),), (0.0, math.pi / 2))
+    gts = [random_gt(n, seed * 10 + i) for i, n in enumerate((3, 0, 5, 1))]
+    width = 7  # padded beyond the largest map, as max_objects does
+    padded = torch.zeros(len(gts), width, 7)
+    valid = torch.zeros(len(gts), width, dtype=torch.bool)
+    for i, g in enumerate(gts):
+        padded[i, :len(g)], valid[i, :len(g)] = g, True
+    padded[~valid] = torch.tensor([1e3, -1e3, 5.0, 0.0, 0.0, 0.0, 9.0])  # garbage in padding never matters
+    assigner = TargetAssigner(standup_plus_one=plus_one)
+    one_by_one = assigner(anchors, gts)
+    batched = assigner.assign_padded(anchors, padded, valid)
+    for field in ("labels", "matched", "dir_targets"):
+        assert torch.equal(getattr(batched, field), getattr(one_by_one, field)), field
+    torch.testing.assert_close(batched.box_targets, one_by_one.box_targets)
+    rotated = TargetAssigner(iou_mode="rotated")
+    assert torch.equal(rotated.assign_padded(anchors, padded, valid).labels, rotated(anchors, gts).labels)

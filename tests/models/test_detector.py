@@ -109,3 +109,45 @@ def test_second_encoder_trains_through_the_same_detector(tiny_experiment):
     sum(losses.values()).backward()
     dets = model.eval().predict(batch, "intermediate", score_threshold=0.01)
     assert len(dets) == 2
+
+
+def test_confidence_fusion_trains_and_its_byte_path_equals_direct_fusion(tiny_experiment):
+    """The confidence-weighted fusion gets the shared head's per-agent logits in training and in
+    inference: losses backpropagate to every trainable weight that the fused loss reaches, and
+    detections from decoded fp32 messages equal those of fusing the maps directly."""
+    from coperception.models.config import Component
+    cfg = replace(tiny_experiment, model=replace(tiny_experiment.model, fusion=Component("confidence")))
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    batch = _batch(cfg)
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss_cls"].backward()  # the fused loss alone reaches encoder and head
+    assert model.encoder.parameters().__next__().grad is not None
+    model.eval()
+    with torch.no_grad():
+        feats = model.encode(batch)
+        direct = model.head.decode(model.head(model.fuse(feats, batch)), score_threshold=0.05, nms_threshold=0.15)
+    sent = model.infer(batch, "intermediate", score_threshold=0.05).detections
+    for a, b in zip(direct, sent):
+        torch.testing.assert_close(a.boxes, b.boxes, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-6)
+
+
+def test_voxelizing_on_the_device_gives_the_same_losses_and_detections(tiny_experiment):
+    """``data.voxelize_on: device``: batches carry the raw clouds and the detector groups them;
+    same pillars, so the same losses and detections as cells made in the loader."""
+    loader_cfg = replace(tiny_experiment, data=replace(tiny_experiment.data, voxelize_on="loader"))
+    device_cfg = replace(tiny_experiment, data=replace(tiny_experiment.data, voxelize_on="device"))
+    torch.manual_seed(0)
+    model = build_detector(loader_cfg).eval()  # eval: batch-norm statistics stay put between the calls
+    with_cells, with_points = _batch(loader_cfg), _batch(device_cfg)
+    assert with_cells.cells is not None and with_points.cells is None and len(with_points.points) == 4
+    a, b = model(with_cells), model(with_points)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    da = model.infer(with_cells, "intermediate", score_threshold=0.05).detections
+    db = model.infer(with_points, "intermediate", score_threshold=0.05).detections
+    for x, y in zip(da, db):
+        torch.testing.assert_close(x.boxes, y.boxes)
