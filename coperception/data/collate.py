@@ -74,12 +74,20 @@ class CooperativeBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _map(self, fn) -> "CooperativeBatch":
-        """A copy with ``fn`` applied to every tensor (those in the cells and the points too)."""
+    #: Small per-sample counts that code reads on the host (``.tolist()``): ``to()`` and
+    #: :func:`~coperception.train.device.move_to_device` leave them on the CPU, so reading them
+    #: never waits for the GPU.
+    HOST_FIELDS = ("agents_per_sample", "clouds_per_sample")
+
+    def _map(self, fn, host_too: bool = False) -> "CooperativeBatch":
+        """A copy with ``fn`` applied to every tensor (those in the cells and the points too;
+        :attr:`HOST_FIELDS` only with ``host_too``)."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
+            if f.name in self.HOST_FIELDS and not host_too:
+                pass
+            elif isinstance(value, torch.Tensor):
                 value = fn(value)
             elif isinstance(value, Pillars):  # Voxels too
                 value = type(value)(fn(value.points), fn(value.coords), fn(value.num_points), value.num_agents)
@@ -97,7 +105,7 @@ class CooperativeBatch:
 
     def pin_memory(self) -> "CooperativeBatch":
         """Page-locked copy; a DataLoader with ``pin_memory=True`` calls this."""
-        return self._map(lambda t: t.pin_memory())
+        return self._map(lambda t: t.pin_memory(), host_too=True)
 
     def padded_transforms(self, clean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, 4, 4) ``ego_from_agent`` padded with identity, and (B, L) bool mask; L = max agents."""

@@ -43,8 +43,9 @@ def _concat(points_list: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
             raise ValueError(f"points_list[{i}] must have shape (P, 4) x,y,z,intensity, got {tuple(p.shape)}")
     device = points_list[0].device
     points = torch.cat([p.to(device=device, dtype=torch.float32) for p in points_list], dim=0)
-    sizes = torch.tensor([p.shape[0] for p in points_list], device=device)
-    agent = torch.repeat_interleave(torch.arange(len(points_list), device=device, dtype=torch.int32), sizes)
+    # One fill per cloud (sizes are known on the host): no host<->device round trip.
+    agent = torch.cat([torch.full((p.shape[0],), i, dtype=torch.int32, device=device)
+                       for i, p in enumerate(points_list)])
     return points, agent
 
 
@@ -55,11 +56,11 @@ def _cell_indices(xyz: torch.Tensor, low: tuple[float, ...], size: tuple[float, 
     ``floor(f)`` lies in ``[0, n)`` exactly when ``0 <= f < n`` (NaN fails both), so the test runs
     on the float coordinates and truncation gives the floor of the points that pass.
     """
-    lo = torch.tensor(low, dtype=torch.float32, device=xyz.device)
-    sz = torch.tensor(size, dtype=torch.float32, device=xyz.device)
-    scaled = (xyz - lo) / sz
-    upper = torch.tensor(dims, dtype=torch.float32, device=xyz.device)
-    inside = ((scaled >= 0) & (scaled < upper)).all(dim=1)
+    # Per-axis Python scalars, not small tensors: copying constants to the GPU would stall the host.
+    scaled = torch.stack([(xyz[:, k] - low[k]) / size[k] for k in range(3)], dim=1)
+    inside = (scaled >= 0).all(dim=1)
+    for k in range(3):
+        inside &= scaled[:, k] < dims[k]
     return scaled.to(dtype), inside
 
 

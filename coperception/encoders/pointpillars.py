@@ -96,7 +96,7 @@ class PillarFeatureNet(nn.Module):
         xyz = pts[..., :3] * valid.unsqueeze(-1)
         count = pillars.num_points.to(pts.dtype).clamp(min=1).view(-1, 1, 1)
         f_cluster = xyz - xyz.sum(dim=1, keepdim=True) / count
-        cell = pillars.coords[:, [2, 1]].to(pts.dtype)  # (col, row) -> (x, y)
+        cell = torch.stack([pillars.coords[:, 2], pillars.coords[:, 1]], dim=1).to(pts.dtype)  # (col, row) -> (x, y)
         centre_xy = self.origin[:2].to(pts.dtype) + cell * self.voxel.to(pts.dtype)
         centre = torch.cat([centre_xy, self.origin[2:].to(pts.dtype).expand(len(cell), 1)], dim=1)
         f_center = xyz - centre.unsqueeze(1)
@@ -113,6 +113,9 @@ class PillarFeatureNet(nn.Module):
         return x
 
 
+_CHECKED_ON_DEVICE: dict[str, bool] = {}
+
+
 def scatter_to_bev(features: torch.Tensor, coords: torch.Tensor, num_agents: int, shape: tuple[int, int]) -> torch.Tensor:
     """Place pillar features on per-agent canvases.
 
@@ -126,10 +129,15 @@ def scatter_to_bev(features: torch.Tensor, coords: torch.Tensor, num_agents: int
     if len(coords):
         lo = coords.amin(dim=0)
         hi = coords.amax(dim=0)
-        limit = torch.tensor([num_agents, h, w], device=hi.device)
-        if bool(((lo < 0) | (hi >= limit)).any()):  # one host sync per batch
-            raise ConfigError(f"pillar coords [agent,row,col] span {lo.tolist()}..{hi.tolist()}, outside "
-                              f"{num_agents} agents x {h} rows x {w} cols: voxeliser and encoder grids differ?")
+        outside = (lo < 0).any() | (hi[0] >= num_agents) | (hi[1] >= h) | (hi[2] >= w)
+        message = (f"pillar coords [agent,row,col] outside {num_agents} agents x {h} rows x {w} cols: "
+                   f"voxeliser and encoder grids differ?")
+        if coords.device.type == "cpu" or not _CHECKED_ON_DEVICE.get(str(coords.device), False):
+            if bool(outside):  # a host sync: always on the CPU, on an accelerator for its first batch
+                raise ConfigError(f"{message} (span {lo.tolist()}..{hi.tolist()})")
+            _CHECKED_ON_DEVICE[str(coords.device)] = coords.device.type != "cpu"
+        else:  # later batches: checked on the device, without stalling the host
+            torch._assert_async(~outside, message)
     flat = (coords[:, 0] * h + coords[:, 1]) * w + coords[:, 2]
     canvas = features.new_zeros(num_agents * h * w, c)
     canvas[flat] = features

@@ -135,8 +135,11 @@ class BEVFusion(nn.Module, abc.ABC):
         present = _stack(valid, counts, False)
         slots = _slots(counts, features.device)
         if self.needs_scores:
-            return self.fuse_scored(stacked[:, :, :-1], stacked[:, :, -1:], present, slots)
-        return self.fuse(stacked, present, slots)
+            out = self.fuse_scored(stacked[:, :, :-1], stacked[:, :, -1:], present, slots)
+        else:
+            out = self.fuse(stacked, present, slots)
+        # Under autocast grid_sample runs in fp32; the fused map keeps the dtype of the input maps.
+        return out.to(features.dtype)
 
     def fuse_scored(self, x: torch.Tensor, scores: torch.Tensor, present: torch.Tensor,
                     slots: torch.Tensor) -> torch.Tensor:

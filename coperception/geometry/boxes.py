@@ -128,13 +128,25 @@ def boxes_to_corners(boxes):
     return _stack([x, y, z], axis=-1)
 
 
+_BEV_TEMPLATES: dict = {}
+
+
+def _bev_template(dtype, device):
+    """The (4, 2) unit bottom-face template on ``device``, made once per (dtype, device): a fresh
+    host-to-GPU copy per call would stall the host on every target assignment."""
+    key = (dtype, str(device))
+    if key not in _BEV_TEMPLATES:
+        _BEV_TEMPLATES[key] = _torch().as_tensor(_TEMPLATE[:4, :2], dtype=dtype, device=device)
+    return _BEV_TEMPLATES[key]
+
+
 def boxes_to_bev_corners(boxes):
     """(..., 7) boxes -> (..., 4, 2) x, y of the bottom-face corners 0-3 (counter-clockwise).
 
     Equals ``boxes_to_corners(boxes)[..., :4, :2]`` at half the cost (IoU and AP hot path).
     """
     if _is_torch(boxes):
-        template = _torch().as_tensor(_TEMPLATE[:4, :2], dtype=boxes.dtype, device=boxes.device)
+        template = _bev_template(boxes.dtype, boxes.device)
         cos, sin = _torch().cos(boxes[..., 6:7]), _torch().sin(boxes[..., 6:7])
     else:
         boxes = np.asarray(boxes)

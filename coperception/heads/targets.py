@@ -160,7 +160,9 @@ class TargetAssigner:
         if gt.shape[1] == 0:
             return self(anchors, [g for g in gt])
         # Padding rows become unit boxes (finite hulls), then their IoU column is -1.
-        safe = torch.where(valid[..., None], gt, gt.new_tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]))
+        keep = valid[..., None]
+        safe = torch.cat([torch.where(keep, gt[..., :3], 0.0), torch.where(keep, gt[..., 3:6], 1.0),
+                          torch.where(keep, gt[..., 6:], 0.0)], dim=-1)
         hull_a, hull_g = boxes_to_standup(anchors), boxes_to_standup(safe)
         iou = opencood_standup_iou(hull_a, hull_g) if self.standup_plus_one else standup_iou(hull_a, hull_g)
         iou = iou.masked_fill(~valid[:, None, :], -1.0)  # (A, N, M)
