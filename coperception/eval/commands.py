@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     e.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by `coperception train`")
     e.add_argument("--split", default=None, help="library split name (default: the config's test split)")
     e.add_argument("--data-root", default=None, help="override data.root of the saved config")
+    e.add_argument("--agent-frame", default=None, choices=("own", "ego_heading", "ego"),
+                   help="override data.agent_frame (the frame collaborator clouds are encoded in)")
     e.add_argument("--modes", nargs="+", default=None, choices=["single", "late", "early", "intermediate"],
                    help="inference modes (default: the config's eval.modes)")
     e.add_argument("--no-global-sort", dest="global_sort", action="store_false", default=None,
@@ -53,6 +55,8 @@ def register(subparsers) -> None:
                    help="bytes per agent per frame; 'none' = unlimited (default: %(default)s)")
     w.add_argument("--split", default=None, help="library split name (default: the config's test split)")
     w.add_argument("--data-root", default=None, help="override data.root of the saved config")
+    w.add_argument("--agent-frame", default=None, choices=("own", "ego_heading", "ego"),
+                   help="override data.agent_frame (the frame collaborator clouds are encoded in)")
     w.add_argument("--max-frames", type=int, default=None, help="evaluate only the first N frames")
     w.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     w.add_argument("--json", type=Path, default=None, help="write every point to this JSON file")
@@ -154,7 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from coperception.models.experiment import evaluate_experiment, load_detector, write_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root)
+    cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root, agent_frame=args.agent_frame)
     if args.cuda_graphs and str(device).startswith("cuda"):
         from coperception.models.graphs import graph_inference
         graph_inference(model)
@@ -219,7 +223,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from coperception.models.experiment import load_detector
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root)
+    cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root, agent_frame=args.agent_frame)
     budgets = _budgets(args.budgets)
     points = []
     for spec in args.strategies:

@@ -52,13 +52,23 @@ def config_from_checkpoint(state: dict, source: str) -> ExperimentConfig:
     return cfg
 
 
-def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu",
-                  data_root: str | None = None) -> tuple[ExperimentConfig, CooperativeDetector]:
-    """The config saved in ``checkpoint`` and its model with the trained weights (``data_root`` overrides)."""
+def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu", data_root: str | None = None,
+                  agent_frame: str | None = None) -> tuple[ExperimentConfig, CooperativeDetector]:
+    """The config saved in ``checkpoint`` and its model with the trained weights (``data_root`` and
+    ``agent_frame`` override the saved ``data`` fields; a checkpoint saved before
+    ``data.agent_frame`` existed was trained with ``"own"``)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     cfg = config_from_checkpoint(state, str(checkpoint))
+    if "agent_frame" not in (state.get("config") or {}).get("data", {}):
+        cfg = replace(cfg, data=replace(cfg.data, agent_frame="own"))  # what that code did
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
+    if agent_frame is not None:
+        from coperception.data.dataset import AGENT_FRAMES
+        from coperception.errors import ConfigError
+        if agent_frame not in AGENT_FRAMES:
+            raise ConfigError(f"agent_frame must be one of {AGENT_FRAMES}, got {agent_frame!r}")
+        cfg = replace(cfg, data=replace(cfg.data, agent_frame=agent_frame))
     model = build_detector(cfg)
     load_model_state(model, state["model"], str(checkpoint))
     return cfg, model.to(device).eval()

@@ -1,4 +1,7 @@
-"""Triangle meshes of the world and batched ray casting with Open3D's ``RaycastingScene``.
+"""Triangle meshes of the world and batched ray casting with Open3D's ``RaycastingScene``
+(Embree), or, where Open3D cannot be installed (e.g. a Python without its wheels, a GPU
+machine), with a brute-force torch caster that runs on CUDA when there is one
+(:func:`cast_torch`; ``COPERCEPTION_RAYCAST=embree|torch`` forces either).
 
 The scene of one step is one triangle geometry: the static world (buildings, poles; built once
 per scenario) followed by all road users (two boxes of 12 triangles each per object, rebuilt
@@ -15,10 +18,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import numpy as np
-import open3d as o3d
 
 from coperception.sim.objects import PARTS_PER_OBJECT
+
+try:
+    import open3d as o3d
+except ImportError:  # the torch caster below takes over
+    o3d = None
+
+#: Embree's "no hit" primitive id.
+INVALID_ID = np.uint32(2**32 - 1)
 
 TRIANGLES_PER_BOX = 12
 TRIANGLES_PER_OBJECT = TRIANGLES_PER_BOX * PARTS_PER_OBJECT
@@ -232,14 +244,17 @@ def cast_rays(static: Mesh, dynamic: Mesh, rays: RayBatch, ground=None, nthreads
     first) and, if given, the analytic :class:`~coperception.sim.ground.Ground`.
 
     buffer: a reusable (R, 6) float32 array (``aos_ready``: it already holds the rays)."""
-    scene = o3d.t.geometry.RaycastingScene()
     mesh = Mesh.concat([static, dynamic])
-    if len(mesh.triangles):
-        scene.add_triangles(o3d.core.Tensor(mesh.vertices), o3d.core.Tensor(mesh.triangles))
-    aos = buffer if aos_ready else rays.aos(buffer)
-    out = scene.cast_rays(o3d.core.Tensor.from_numpy(np.ascontiguousarray(aos)), nthreads=nthreads)
-    # .numpy() views share memory with the tensors and keep them alive (their base is a capsule).
-    mesh_hits = {k: out[k].numpy() for k in ("t_hit", "primitive_ids", "primitive_normals")}
+    if raycast_backend() == "torch":
+        mesh_hits = cast_torch(mesh, rays)
+    else:
+        scene = o3d.t.geometry.RaycastingScene()
+        if len(mesh.triangles):
+            scene.add_triangles(o3d.core.Tensor(mesh.vertices), o3d.core.Tensor(mesh.triangles))
+        aos = buffer if aos_ready else rays.aos(buffer)
+        out = scene.cast_rays(o3d.core.Tensor.from_numpy(np.ascontiguousarray(aos)), nthreads=nthreads)
+        # .numpy() views share memory with the tensors and keep them alive (their base is a capsule).
+        mesh_hits = {k: out[k].numpy() for k in ("t_hit", "primitive_ids", "primitive_normals")}
     ground_hits = None if ground is None else ground.intersect_sparse(rays, mesh_hits["t_hit"])
     return Hits(rays, mesh_hits, ground_hits, MaterialTables.of(static, dynamic))
 
@@ -250,3 +265,78 @@ def count_hits(obj: np.ndarray, group: np.ndarray, n_groups: int, n_objects: int
     keep = obj >= 0
     flat = group[keep].astype(np.int64) * n_objects + obj[keep]
     return np.bincount(flat, minlength=n_groups * n_objects).reshape(n_groups, n_objects).astype(np.int32)
+
+
+def raycast_backend() -> str:
+    """"embree" (Open3D) when it imports, else "torch"; ``COPERCEPTION_RAYCAST`` overrides."""
+    forced = os.environ.get("COPERCEPTION_RAYCAST", "").strip().lower()
+    if forced not in ("", "embree", "torch"):
+        from coperception.errors import ConfigError
+        raise ConfigError(f"COPERCEPTION_RAYCAST must be 'embree' or 'torch', got {forced!r}")
+    if forced == "embree" and o3d is None:
+        from coperception.errors import ConfigError
+        raise ConfigError("COPERCEPTION_RAYCAST=embree but open3d does not import here "
+                          "(Debian: apt-get install libusb-1.0-0; or use the torch caster)")
+    return forced or ("embree" if o3d is not None else "torch")
+
+
+def cast_torch(mesh: Mesh, rays: RayBatch, device=None, chunk_pairs: int = 1 << 27) -> dict[str, np.ndarray]:
+    """First hits of ``rays`` on ``mesh`` by brute force in torch (CUDA when available): the
+    Moller-Trumbore test ("Fast, Minimum Storage Ray/Triangle Intersection", 1997) of every ray
+    against every triangle, written so that the per-ray work is three dot products: rays of one
+    group share an origin ``o``, so with ``e1 = v1 - v0``, ``e2 = v2 - v0``, ``s = o - v0`` the
+    determinant, the two barycentric numerators and the distance numerator are
+    ``d . (e2 x e1)``, ``d . (e2 x s)``, ``d . (s x e1)`` and ``e2 . (s x e1)`` -- one (n, 3) x
+    (3, 3T) matrix product per chunk of rays.
+
+    Returns Open3D's ``cast_rays`` fields as numpy: ``t_hit`` (R,) float32 (inf on a miss),
+    ``primitive_ids`` (R,) uint32 (2**32 - 1 on a miss), ``primitive_normals`` (R, 3) float32
+    unit normals ``e1 x e2`` of the hit triangle (0 on a miss). chunk_pairs bounds the
+    ray x triangle pairs held at once (memory).
+    """
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    r = len(rays)
+    t_out = np.full(r, np.inf, np.float32)
+    id_out = np.full(r, INVALID_ID, np.uint32)
+    n_out = np.zeros((r, 3), np.float32)
+    if r == 0 or len(mesh.triangles) == 0:
+        return {"t_hit": t_out, "primitive_ids": id_out, "primitive_normals": n_out}
+    verts = torch.from_numpy(np.ascontiguousarray(mesh.vertices, np.float32)).to(dev)
+    tris = torch.from_numpy(mesh.triangles.astype(np.int64)).to(dev)
+    v0, v1, v2 = verts[tris[:, 0]], verts[tris[:, 1]], verts[tris[:, 2]]
+    e1, e2 = v1 - v0, v2 - v0
+    a = torch.linalg.cross(e2, e1)
+    normal = torch.linalg.cross(e1, e2)
+    normal = normal / normal.norm(dim=1, keepdim=True).clamp(min=1e-20)
+    num_tris = tris.shape[0]
+    step = max(1, chunk_pairs // num_tris)
+    dirs = torch.from_numpy(np.ascontiguousarray(rays.dirs.T, np.float32)).to(dev)  # (R, 3)
+    t_all = torch.full((r,), float("inf"), device=dev)
+    id_all = torch.full((r,), -1, dtype=torch.int64, device=dev)
+    for g in range(len(rays.origins)):
+        sl = rays.group(g)
+        if sl.stop <= sl.start:
+            continue
+        s = torch.as_tensor(rays.origins[g], dtype=torch.float32, device=dev) - v0  # (T, 3)
+        b = torch.linalg.cross(e2, s)
+        q = torch.linalg.cross(s, e1)
+        t_num = (e2 * q).sum(dim=1)  # (T,)
+        basis = torch.cat([a, b, q], dim=0).T.contiguous()  # (3, 3T)
+        for lo in range(sl.start, sl.stop, step):
+            hi = min(lo + step, sl.stop)
+            det, u_num, v_num = (dirs[lo:hi] @ basis).split(num_tris, dim=1)
+            inv = 1.0 / det
+            u, v, t = u_num * inv, v_num * inv, t_num * inv
+            ok = (det.abs() > 1e-12) & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
+            best, idx = torch.where(ok, t, torch.full_like(t, float("inf"))).min(dim=1)
+            t_all[lo:hi] = best
+            id_all[lo:hi] = torch.where(torch.isfinite(best), idx, torch.full_like(idx, -1))
+    hit = id_all >= 0
+    normals = torch.where(hit[:, None], normal[id_all.clamp(min=0)], torch.zeros((), device=dev))
+    t_out[:] = t_all.cpu().numpy()
+    ids = id_all.cpu().numpy()
+    id_out[ids >= 0] = ids[ids >= 0].astype(np.uint32)
+    n_out[:] = normals.cpu().numpy()
+    return {"t_hit": t_out, "primitive_ids": id_out, "primitive_normals": n_out}

@@ -88,6 +88,17 @@ def test_train_checkpoint_load_and_evaluate(tiny_experiment, tmp_path):
     assert reports["intermediate"].bytes_per_agent_frame() > reports["late"].bytes_per_agent_frame() > 0
     assert all(r.ap.num_frames == 3 for r in reports.values())
     assert np.isfinite(reports["intermediate"].ap.ap(0.3))
+    # A checkpoint written before data.agent_frame existed was trained on own-frame clouds.
+    from coperception.errors import ConfigError
+    from coperception.train import load_checkpoint, save_checkpoint
+    state = load_checkpoint(ckpt)
+    del state["config"]["data"]["agent_frame"]
+    old = save_checkpoint(tmp_path / "old.pt", state)
+    assert load_detector(old)[0].data.agent_frame == "own"
+    assert load_detector(old, agent_frame="ego")[0].data.agent_frame == "ego"
+    assert load_detector(ckpt)[0].data.agent_frame == tiny_experiment.data.agent_frame == "ego_heading"
+    with pytest.raises(ConfigError, match="agent_frame"):
+        load_detector(ckpt, agent_frame="sideways")
 
 
 def test_second_encoder_trains_through_the_same_detector(tiny_experiment):
