@@ -19,7 +19,7 @@ from coperception.heads.anchors import AnchorSize
 from coperception.heads.detection_head import AnchorHead, PostProcess
 from coperception.heads.targets import TargetAssigner
 from coperception.models.config import ExperimentConfig
-from coperception.models.detector import CooperativeDetector
+from coperception.models.detector import CooperativeDetector, PostFusion
 
 #: Encoders that consume 3D voxels rather than pillars.
 _VOXEL_ENCODERS = {"second"}
@@ -44,8 +44,13 @@ def build_detector(cfg: ExperimentConfig) -> CooperativeDetector:
     comm = None
     if m.comm is not None:
         comm = build_strategy(m.comm.name, encoder.out_channels, grid, encoder.stride, **m.comm.args)
+    if m.post_fusion_layers < 0:
+        from coperception.errors import ConfigError
+        raise ConfigError(f"model.post_fusion_layers must be >= 0, got {m.post_fusion_layers}")
+    post = PostFusion(encoder.out_channels, m.post_fusion_layers) if m.post_fusion_layers and fusion else None
     return CooperativeDetector(encoder, head, fusion, mode=cfg.fusion_mode,
-                               single_loss_weight=m.single_loss_weight, comm=comm, voxelizer=cell_maker(cfg))
+                               single_loss_weight=m.single_loss_weight, comm=comm, voxelizer=cell_maker(cfg),
+                               post_fusion=post)
 
 
 def cell_maker(cfg: ExperimentConfig):

@@ -82,6 +82,9 @@ class ModelConfig:
     #: weight of the per-agent (unfused) detection loss that trains ego-only / late inference
     #: and the confidence maps used by message selection; 0 disables it.
     single_loss_weight: float = 1.0
+    #: 3x3 conv-BN-ReLU layers applied (as a residual) to the fused map only, before the shared
+    #: head: capacity to combine the agents' views that the per-agent path does not share; 0 = none.
+    post_fusion_layers: int = 0
     #: communication strategy of intermediate fusion (comm.strategies.STRATEGIES name + args);
     #: None = dense fp32 maps.
     comm: Component | None = None

@@ -63,11 +63,12 @@ class CooperativeDetector(nn.Module):
     voxelizer: ``clouds -> cells`` for batches that carry raw clouds instead of cells (the dataset
         built with ``voxelization="none"``): the clouds are grouped on the batch's device, e.g.
         the GPU, instead of in the DataLoader workers.
+    post_fusion: a module applied to every fused map before the head (:class:`PostFusion`).
     """
 
     def __init__(self, encoder: nn.Module, head: AnchorHead, fusion: nn.Module | None = None, *,
                  mode: Mode = "intermediate", single_loss_weight: float = 1.0, comm: Strategy | None = None,
-                 voxelizer=None) -> None:
+                 voxelizer=None, post_fusion: nn.Module | None = None) -> None:
         super().__init__()
         if mode == "intermediate" and fusion is None:
             raise ConfigError("intermediate mode needs a fusion module")
@@ -77,6 +78,7 @@ class CooperativeDetector(nn.Module):
         self.comm = comm if comm is not None else DenseStrategy(channels, grid, stride, "fp32")
         self._late = LateStrategy(channels, grid, stride)
         self.voxelizer = voxelizer
+        self.post_fusion = post_fusion
 
     def with_cells(self, batch: CooperativeBatch) -> CooperativeBatch:
         """``batch`` with voxelised cells: as given, or made here from its clouds (on their device)."""
@@ -102,11 +104,13 @@ class CooperativeDetector(nn.Module):
         logits (max over anchors, detached) from the shared head -- ``cls_logits`` when the head
         already ran on exactly these maps."""
         if not getattr(self.fusion, "needs_scores", False):
-            return self.fusion(maps, agents_per_sample, ego_from_agent, mask)
-        if cls_logits is None:
-            cls_logits = self.head(maps).cls_logits
-        scores = cls_logits.detach().amax(dim=1, keepdim=True)
-        return self.fusion(maps, agents_per_sample, ego_from_agent, mask, scores=scores)
+            fused = self.fusion(maps, agents_per_sample, ego_from_agent, mask)
+        else:
+            if cls_logits is None:
+                cls_logits = self.head(maps).cls_logits
+            scores = cls_logits.detach().amax(dim=1, keepdim=True)
+            fused = self.fusion(maps, agents_per_sample, ego_from_agent, mask, scores=scores)
+        return fused if self.post_fusion is None else self.post_fusion(fused)
 
     def _loss(self, preds, gt: tuple[torch.Tensor, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
         """Losses of ``preds`` (or of the head on a map) against padded ground truth ``(boxes (A, M, 7),
@@ -232,6 +236,27 @@ class CooperativeDetector(nn.Module):
     def predict(self, batch: CooperativeBatch, mode: Mode | None = None, **decode) -> list[Detections]:
         """Detections in each sample's ego frame, one per sample."""
         return self.infer(batch, mode, **decode).detections
+
+
+class PostFusion(nn.Module):
+    """``x + block(x)`` on a fused map, ``block`` = ``layers`` 3x3 convs with BN, ReLU between them
+    (the last BN starts at zero, so training starts from the plain fusion). Only fused maps go through it: the shared
+    head's per-agent path keeps its single-agent features, the fused path gets its own capacity to
+    combine views (what V2X-ViT's and CoBEVT's post-fusion networks provide)."""
+
+    def __init__(self, channels: int, layers: int = 2) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        for i in range(int(layers)):
+            mods += [nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                     nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)]
+            if i < int(layers) - 1:
+                mods.append(nn.ReLU(inplace=True))
+        nn.init.zeros_(mods[-1].weight)
+        self.block = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
 
 
 def _deliver(sends: list[Sent], ego: str, channel, frame: int, world_from_ego: np.ndarray | None) -> list[Message]:

@@ -162,3 +162,27 @@ def test_voxelizing_on_the_device_gives_the_same_losses_and_detections(tiny_expe
     db = model.infer(with_points, "intermediate", score_threshold=0.05).detections
     for x, y in zip(da, db):
         torch.testing.assert_close(x.boxes, y.boxes)
+
+
+def test_post_fusion_block_starts_as_identity_and_trains_only_the_fused_path(tiny_experiment):
+    from coperception.models.detector import PostFusion
+    cfg = replace(tiny_experiment, model=replace(tiny_experiment.model, post_fusion_layers=2))
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    assert isinstance(model.post_fusion, PostFusion)
+    batch = _batch(cfg)
+    model.eval()
+    with torch.no_grad():
+        feats = model.encode(batch)
+        plain = model.fusion(feats.features, batch.agents_per_sample, batch.ego_from_agent, None,
+                             scores=model.head(feats.features).cls_logits.amax(1, keepdim=True))
+        torch.testing.assert_close(model.fuse(feats, batch), plain)  # zero-initialised residual
+    model.train()
+    losses = model(batch)
+    losses["single_loss_cls"].backward()
+    assert all(p.grad is None for p in model.post_fusion.parameters())  # the per-agent loss never reaches it
+    model.zero_grad()
+    model(batch)["loss_cls"].backward()
+    assert model.post_fusion.block[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(Exception, match="post_fusion_layers"):
+        build_detector(replace(cfg, model=replace(cfg.model, post_fusion_layers=-1)))
