@@ -53,6 +53,23 @@ def our_config(root: Path, agents: int, batch: int, voxelize_on: str = "auto") -
     return replace(base, data=data, model=model, train=replace(base.train, batch_size=batch))
 
 
+def one_batch_step(cfg: ExperimentConfig, batch_size: int, device, move_each_step: bool = False):
+    """(model, step) for profiling: one collated batch of ``cfg``'s train split, trained on with
+    Adam; ``move_each_step`` copies the host batch to ``device`` inside every step (as training does)."""
+    model = build_detector(cfg).to(device).train()
+    ds = build_dataset(cfg, "train", train=True)
+    host = ds.collate_fn()([ds[i] for i in range(batch_size)])
+    ready = None if move_each_step else move_to_device(host, device)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+
+    def step():
+        losses = model(move_to_device(host, device) if move_each_step else ready)
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+    return model, step
+
+
 def time_steps(step, batches, steps: int, warmup: int, device) -> float:
     """Seconds per step over ``steps`` steps after ``warmup`` (the loader is re-iterated as needed;
     with workers they persist across epochs, as in a real training run)."""

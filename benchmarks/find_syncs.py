@@ -20,10 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_train import our_config, write_synthetic  # noqa: E402
+from bench_train import one_batch_step, our_config, write_synthetic  # noqa: E402
 
-from coperception.models.build import build_dataset, build_detector  # noqa: E402
-from coperception.train.device import move_to_device  # noqa: E402
 
 
 def main() -> None:
@@ -45,17 +43,7 @@ def main() -> None:
             from coperception.models.config import load_experiment
             other = load_experiment(args.config)
             cfg = replace(other, data=replace(other.data, root=str(root), augment=None, voxelize_on="device"))
-        model = build_detector(cfg).to(device).train()
-        ds = build_dataset(cfg, "train", train=True)
-        batch = ds.collate_fn()([ds[i] for i in range(args.batch)])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-
-    def step():
-        b = move_to_device(batch, device)
-        losses = model(b)
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
+        _, step = one_batch_step(cfg, args.batch, device, move_each_step=True)
 
     for _ in range(3):
         step()

@@ -16,9 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_train import our_config, write_synthetic  # noqa: E402
+from bench_train import one_batch_step, our_config, write_synthetic  # noqa: E402
 
-from coperception.models.build import build_dataset, build_detector  # noqa: E402
+from coperception.models.build import build_dataset  # noqa: E402
 from coperception.train.device import move_to_device  # noqa: E402
 
 
@@ -34,16 +34,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic(Path(tmp), args.batch, args.agents, args.points)
         cfg = our_config(root, args.agents, args.batch)
-        model = build_detector(cfg).to(device).train()
+        model, step = one_batch_step(cfg, args.batch, device)
         ds = build_dataset(cfg, "train", train=True)
         batch = move_to_device(ds.collate_fn()([ds[i] for i in range(args.batch)]), device)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-
-    def step():
-        losses = model(batch)
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
 
     for _ in range(5):
         step()
