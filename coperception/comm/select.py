@@ -216,9 +216,13 @@ class Strategy(nn.Module, abc.ABC):
             restore_message(rx, rep, message, device)
         return rx
 
-    def simulate(self, features: torch.Tensor, confidence: torch.Tensor,
+    #: ``simulate`` reads the per-agent confidence maps (the detector computes them only then).
+    trains_on_confidence: bool = False
+
+    def simulate(self, features: torch.Tensor, confidence: torch.Tensor | None,
                  agents_per_sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Differentiable training stand-in: (sum_A, C, H, W) -> (features, mask or None, aux losses)."""
+        """Differentiable training stand-in: (sum_A, C, H, W) -> (features, mask or None, aux losses);
+        ``confidence`` is None unless :attr:`trains_on_confidence`."""
         return features, None, {}
 
 

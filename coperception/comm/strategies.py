@@ -97,6 +97,8 @@ class SparseStrategy(Strategy):
     train_selection: the training mask -- "random_topk" (K ~ U(0,1) H W), "threshold" or "all".
     """
 
+    trains_on_confidence = True
+
     def __init__(self, channels: int, grid: BEVGrid, stride: int, rep, threshold: float = 0.01,
                  smooth_sigma: float = 1.0, train_selection: str = "random_topk") -> None:
         super().__init__(channels, grid, stride)

@@ -138,10 +138,11 @@ def scatter_to_bev(features: torch.Tensor, coords: torch.Tensor, num_agents: int
             _CHECKED_ON_DEVICE[str(coords.device)] = coords.device.type != "cpu"
         else:  # later batches: checked on the device, without stalling the host
             torch._assert_async(~outside, message)
-    flat = (coords[:, 0] * h + coords[:, 1]) * w + coords[:, 2]
-    canvas = features.new_zeros(num_agents * h * w, c)
-    canvas[flat] = features
-    return canvas.view(num_agents, h, w, c).permute(0, 3, 1, 2).contiguous()
+    # Written straight into the channel-first layout: a (A*H*W, C) canvas would need a full
+    # permute-copy of the largest tensor of the step (forward and backward).
+    canvas = features.new_zeros(num_agents, c, h * w)
+    canvas[coords[:, 0], :, coords[:, 1] * w + coords[:, 2]] = features
+    return canvas.view(num_agents, c, h, w)
 
 
 class PointPillarsEncoder(nn.Module):

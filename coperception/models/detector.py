@@ -143,10 +143,15 @@ class CooperativeDetector(nn.Module):
             return self._loss(feats.features, self._agent_gt(batch))
         if self.mode == "single":
             return self._loss(feats.features[ego_rows(batch.agents_per_sample)], gt)
-        agent_preds = self.head(feats.features)
-        conf = self.head.confidence_map(agent_preds).detach()
+        # The head on every unfused map only when something uses it (a 1x1 conv over all agents'
+        # full-resolution maps is not free): the per-agent loss, the strategy's training mask,
+        # or a fusion that weighs agents by their own confidence.
+        needs_scores = getattr(self.fusion, "needs_scores", False)
+        agent_preds = (self.head(feats.features) if self.single_loss_weight > 0 or self.comm.trains_on_confidence
+                       or needs_scores else None)
+        conf = self.head.confidence_map(agent_preds).detach() if self.comm.trains_on_confidence else None
         x, mask, aux = self.comm.simulate(feats.features, conf, batch.agents_per_sample)
-        logits = agent_preds.cls_logits if x is feats.features else None
+        logits = agent_preds.cls_logits if agent_preds is not None and x is feats.features else None
         losses = self._loss(self._fusion(x, batch.agents_per_sample, batch.ego_from_agent, mask, logits), gt)
         if self.single_loss_weight > 0:
             single = self._loss(agent_preds, self._agent_gt(batch), prefix="single_")
