@@ -121,7 +121,7 @@ class BEVFusion(nn.Module, abc.ABC):
         """(sum_A, C, H, W) agent-frame maps -> (B, C, H, W) fused maps in each sample's ego frame.
 
         scores: (sum_A, 1, H, W) per-agent confidence logits on the same cells, for modules with
-        ``needs_scores`` (warped with the features, passed to :meth:`fuse_scored`)."""
+        ``needs_scores`` (warped with the features as one more channel, see :meth:`fuse`)."""
         counts = _agent_counts(agents_per_sample, features.shape[0])
         mask = self.agent_mask(features, mask)
         if self.needs_scores:
@@ -133,18 +133,9 @@ class BEVFusion(nn.Module, abc.ABC):
         warped, valid = warp_with_valid(features, ego_from_agent, self.grid, self.stride, self.warp_mode, mask)
         stacked = _stack(warped, counts, self.pad_value)
         present = _stack(valid, counts, False)
-        slots = _slots(counts, features.device)
-        if self.needs_scores:
-            out = self.fuse_scored(stacked[:, :, :-1], stacked[:, :, -1:], present, slots)
-        else:
-            out = self.fuse(stacked, present, slots)
+        out = self.fuse(stacked, present, _slots(counts, features.device))
         # Under autocast grid_sample runs in fp32; the fused map keeps the dtype of the input maps.
         return out.to(features.dtype)
-
-    def fuse_scored(self, x: torch.Tensor, scores: torch.Tensor, present: torch.Tensor,
-                    slots: torch.Tensor) -> torch.Tensor:
-        """:meth:`fuse` of modules with ``needs_scores``; scores: (B, L, 1, H, W) warped logits."""
-        raise NotImplementedError
 
     def agent_mask(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         """The (sum_A, 1, H, W) mask to warp with the features (default: the caller's mask)."""
@@ -154,7 +145,8 @@ class BEVFusion(nn.Module, abc.ABC):
     def fuse(self, x: torch.Tensor, present: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Reduce warped stacks over agents.
 
-        x: (B, L, C, H, W) warped maps, ego at index 0, ``pad_value`` in padding rows.
+        x: (B, L, C, H, W) warped maps, ego at index 0, ``pad_value`` in padding rows; for a module
+            with ``needs_scores`` the last of the C channels is the agent's warped score.
         present: (B, L, 1, H, W) bool, the agent covers (and sent) the location.
         slots: (B, L) bool, the row is a real agent (not padding).
         Returns (B, C, H, W).
@@ -263,10 +255,7 @@ class ConfidenceFusion(BEVFusion):
         self.temperature = float(temperature)
 
     def fuse(self, x: torch.Tensor, present: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("ConfidenceFusion needs per-agent scores: call it with scores=")
-
-    def fuse_scored(self, x: torch.Tensor, scores: torch.Tensor, present: torch.Tensor,
-                    slots: torch.Tensor) -> torch.Tensor:
+        x, scores = x[:, :, :-1], x[:, :, -1:]  # the score rides as the last channel
         logits = (scores.float() / self.temperature).masked_fill(~present, -1e30)
         weights = torch.softmax(logits, dim=1).to(x.dtype) * present.any(dim=1, keepdim=True)
         return (weights * x).sum(dim=1)
