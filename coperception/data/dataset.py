@@ -12,26 +12,13 @@ frame the fusion mode needs -> cameras (with a ``modality`` that uses them: see
 (here or per batch, below) -> pack.
 
 * **early**: all agents' points moved to the ego frame (with the noisy poses) as ONE cloud.
-* **intermediate**: each agent's points stay in its own LiDAR frame; ``ego_from_agent`` (noisy,
-  what fusion uses) and ``ego_from_agent_clean`` (truth) tell where each agent's map goes.
-* **late**: as intermediate, plus each agent's own ground truth in its own frame.
+* **intermediate**: each agent's points stay in a frame of its own (its LiDAR frame, or that
+  frame turned to the ego's heading: ``agent_frame`` below); ``ego_from_agent`` (noisy, what
+  fusion uses) and ``ego_from_agent_clean`` (truth) tell where each agent's map goes.
+* **late**: as intermediate, plus each agent's own ground truth in that frame.
 
-Which frame a collaborator's cloud is encoded in (``agent_frame``; intermediate and late):
-
-* ``"own"``: its own LiDAR frame (the map is warped by the full SE(2) pose at fusion).
-* ``"ego_heading"``: its own origin, the ego's axes -- the cloud is turned by the announced
-  relative yaw before encoding, so the warp at fusion is a pure translation. A learned BEV
-  feature is not rotation-equivariant: the offsets and heading its channels encode are in the
-  frame it was computed in, and warping a map by a 90 degree yaw moves its cells but not what
-  its channels mean, so a head in the ego frame decodes boxes rotated by the relative yaw (high
-  AP@0.3, poor AP@0.7). Turning the points first removes that mismatch and keeps each agent's
-  own range around itself (measured in models/README.md).
-* ``"ego"``: OpenCOOD's ``proj_first``: the cloud is moved into the ego frame and cropped to the
-  ego's range, and ``ego_from_agent`` becomes the (noise-only) residual.
-
-The change of frame uses the *announced* (noisy) relative pose, as a real sender would;
-``ego_from_agent`` / ``ego_from_agent_clean``, each agent's own ground truth and camera extrinsics
-move with the cloud. Early fusion has one ego-frame cloud and ignores it.
+Which frame a collaborator's cloud is encoded in (``agent_frame``: ``"own"``, ``"ego_heading"``,
+``"ego"``; intermediate and late) is :mod:`coperception.data.agent_frames`.
 
 Ground truth follows OpenCOOD: world boxes to the ego frame, kept when all 8 corners lie inside
 ``grid.lidar_range`` (z included). When the ego is a road-side unit, z is not tested: its LiDAR
@@ -63,6 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from coperception.data.agent_frames import AGENT_FRAMES, move_points, reframe
 from coperception.data.augment import AugmentConfig, Augmentation, sample_augmentation
 from coperception.data.cameras import CameraSample, ModalityConfig, load_cameras, sample_depth
 from coperception.data.collate import collate_samples
@@ -78,8 +66,6 @@ from coperception.geometry.pose import relative_transform
 logger = logging.getLogger(__name__)
 
 FUSION_MODES = ("early", "intermediate", "late")
-#: Frames a collaborator's cloud can be encoded in (see the module docstring).
-AGENT_FRAMES = ("own", "ego_heading", "ego")
 VOXELIZATIONS = ("pillars", "voxels", "none")
 #: OpenCOOD's ``mask_ego_points`` box (xmin, ymin, xmax, ymax), metres in the LiDAR frame.
 SELF_HIT_BOX = (-1.95, -1.1, 2.95, 1.1)
@@ -163,12 +149,6 @@ def remove_self_hits(points: np.ndarray, box: tuple[float, float, float, float] 
     x, y = points[:, 0], points[:, 1]
     hit = (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
     return points[~hit]
-
-
-def _move(points: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
-    """(P, 4) points through a (4, 4) transform, in float32."""
-    m = torch.as_tensor(matrix, dtype=torch.float32)
-    return torch.cat([points[:, :3] @ m[:3, :3].T + m[:3, 3], points[:, 3:]], dim=1)
 
 
 class CooperativeDataset(Dataset):
@@ -257,7 +237,7 @@ class CooperativeDataset(Dataset):
         gt = self._ego_objects(frame, agents)
         agent_gt = self._agent_objects(frame, agents) if self.agent_targets else None
         if self.agent_frame != "own" and self.fusion != "early":
-            clouds, cams, agent_gt, clean, noisy = self._reframe(clouds, cams, agent_gt, clean, noisy)
+            clouds, cams, agent_gt, clean, noisy = reframe(self.agent_frame, clouds, cams, agent_gt, clean, noisy)
         world = agents[0].world_from_lidar @ noisy  # announced world poses (the ego is never noised)
         if self.train and self.augment is not None:
             aug = sample_augmentation(self.augment, rng)
@@ -345,32 +325,7 @@ class CooperativeDataset(Dataset):
                   for a in agents]
         if self.fusion != "early":
             return clouds
-        return [torch.cat([_move(c, m) for c, m in zip(clouds, ego_from_agent)], dim=0)]
-
-    def frame_change(self, ego_from_agent: np.ndarray) -> np.ndarray:
-        """(A, 4, 4) ``encoded_from_own`` for announced ``ego_from_agent`` (A, 4, 4): the
-        transform that takes each agent's own LiDAR frame to the frame its cloud is encoded in
-        (identity for the ego and for ``agent_frame="own"``)."""
-        out = np.tile(np.eye(4), (len(ego_from_agent), 1, 1))
-        if self.agent_frame == "ego":
-            out[1:] = ego_from_agent[1:]
-        elif self.agent_frame == "ego_heading":
-            yaw = np.arctan2(ego_from_agent[1:, 1, 0], ego_from_agent[1:, 0, 0])
-            c, s = np.cos(yaw), np.sin(yaw)
-            out[1:, 0, 0], out[1:, 0, 1], out[1:, 1, 0], out[1:, 1, 1] = c, -s, s, c
-        return out
-
-    def _reframe(self, clouds, cams, agent_gt, clean, noisy):
-        """Move every collaborator's cloud (and its ground truth, camera extrinsics and poses) into
-        the frame of ``agent_frame``."""
-        change = self.frame_change(noisy)
-        back = np.linalg.inv(change)
-        clouds = [c if k == 0 else _move(c, change[k]) for k, c in enumerate(clouds)]
-        if agent_gt is not None:
-            agent_gt = [g if k == 0 else ObjectSet(transform_boxes(change[k], g.boxes), g.ids, g.classes, g.speeds)
-                        for k, g in enumerate(agent_gt)]
-        cams = cams.augmented(change) if cams is not None else None
-        return clouds, cams, agent_gt, clean @ back, noisy @ back
+        return [torch.cat([move_points(c, m) for c, m in zip(clouds, ego_from_agent)], dim=0)]
 
     def _visible(self, frame: Frame, agents: list[AgentObservation]) -> np.ndarray | None:
         """(N,) bool objects seen by any of ``agents``, or None when the frame has no visibility data."""

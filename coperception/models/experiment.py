@@ -64,7 +64,7 @@ def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu", da
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if agent_frame is not None:
-        from coperception.data.dataset import AGENT_FRAMES
+        from coperception.data.agent_frames import AGENT_FRAMES
         from coperception.errors import ConfigError
         if agent_frame not in AGENT_FRAMES:
             raise ConfigError(f"agent_frame must be one of {AGENT_FRAMES}, got {agent_frame!r}")
