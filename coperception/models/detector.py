@@ -44,11 +44,6 @@ from coperception.heads.detection_head import AnchorHead
 Mode = Literal["single", "early", "late", "intermediate"]
 
 
-def _per_sample(boxes: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-    """(B, N, 7) padded boxes + (B, N) mask -> list of (M_b, 7)."""
-    return [b[m] for b, m in zip(boxes, mask)]
-
-
 def ego_rows(agents_per_sample: torch.Tensor) -> torch.Tensor:
     """Row index of each sample's ego (its first agent) in agent-stacked tensors."""
     counts = agents_per_sample.to("cpu", torch.long)
@@ -245,9 +240,10 @@ class CooperativeDetector(nn.Module):
 
 class PostFusion(nn.Module):
     """``x + block(x)`` on a fused map, ``block`` = ``layers`` 3x3 convs with BN, ReLU between them
-    (the last BN starts at zero, so training starts from the plain fusion). Only fused maps go through it: the shared
-    head's per-agent path keeps its single-agent features, the fused path gets its own capacity to
-    combine views (what V2X-ViT's and CoBEVT's post-fusion networks provide)."""
+    (the last BN starts at zero, so training starts from the plain fusion). Only fused maps go
+    through it: the shared head's per-agent path keeps its single-agent features, the fused path
+    gets its own capacity to combine views (what V2X-ViT's and CoBEVT's post-fusion networks
+    provide)."""
 
     def __init__(self, channels: int, layers: int = 2) -> None:
         super().__init__()
