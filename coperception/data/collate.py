@@ -22,7 +22,7 @@ from coperception.data.cameras import collate_cameras
 from coperception.data.pillars import Pillars
 from coperception.data.voxelize import Voxels
 from coperception.encoders.camera import CameraBatch
-from coperception.errors import BoxError
+from coperception.geometry.boxes import validate_boxes
 
 if TYPE_CHECKING:  # dataset.py imports this module
     from coperception.data.dataset import CooperativeSample, Targets
@@ -133,20 +133,13 @@ def merge_cells(parts: list[Pillars | Voxels]) -> Pillars | Voxels:
                 torch.cat([p.num_points for p in parts], dim=0), int(agents.sum()))
 
 
-def _check_boxes(targets: list[Targets], names: list[str]) -> None:
-    """Ground truth must be finite with positive sizes: checked here, on the host, once per batch,
-    so that target assignment on the device never has to wait for a check."""
-    for t, name in zip(targets, names):
-        b = t.boxes
-        if b.ndim != 2 or b.shape[1] != 7:
-            raise BoxError(f"{name}: ground-truth boxes must be (N, 7) [x,y,z,l,w,h,yaw], got {tuple(b.shape)}")
-        if len(b) and not bool(torch.isfinite(b).all() and (b[:, 3:6] > 0).all()):
-            raise BoxError(f"{name}: ground-truth boxes need finite values and positive l, w, h")
-
-
 def _pad_targets(targets: list[Targets], max_objects: int | None, names: list[str] | None = None):
-    """Stack (n_i, ...) targets into (len, N, ...) with a mask; N = max n_i, or ``max_objects``."""
-    _check_boxes(targets, names or [f"targets[{i}]" for i in range(len(targets))])
+    """Stack (n_i, ...) targets into (len, N, ...) with a mask; N = max n_i, or ``max_objects``.
+
+    The boxes are validated here, on the host, once per batch, so that target assignment on the
+    device never has to wait for a check."""
+    for t, name in zip(targets, names or [f"targets[{i}]" for i in range(len(targets))]):
+        validate_boxes(t.boxes, name)
     boxes = pad_sequence([t.boxes for t in targets], batch_first=True)
     ids = pad_sequence([t.ids for t in targets], batch_first=True, padding_value=-1)
     classes = pad_sequence([t.classes for t in targets], batch_first=True, padding_value=-1)

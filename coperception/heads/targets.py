@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 import torch
 
 from coperception.errors import BoxError, ConfigError
-from coperception.geometry.boxes import boxes_to_standup
+from coperception.geometry.boxes import boxes_to_standup, validate_boxes
 from coperception.geometry.iou import bev_iou, standup_iou
 from coperception.heads.coder import direction_target, encode_boxes
 
@@ -68,13 +68,6 @@ def opencood_standup_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
     area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
     return inter / (area_a + area_b - inter)
-
-
-def _check_boxes(boxes: torch.Tensor, where: str) -> None:
-    if boxes.ndim != 2 or boxes.shape[1] != 7:
-        raise BoxError(f"{where}: ground-truth boxes must be (N, 7) [x,y,z,l,w,h,yaw], got {tuple(boxes.shape)}")
-    if len(boxes) and (not torch.isfinite(boxes).all() or (boxes[:, 3:6] <= 0).any()):
-        raise BoxError(f"{where}: ground-truth boxes need finite values and positive l, w, h")
 
 
 def match_anchors(iou: torch.Tensor, pos_threshold: float, neg_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +116,8 @@ class TargetAssigner:
         self.num_dir_bins, self.dir_offset = int(num_dir_bins), float(dir_offset)
 
     def iou(self, anchors: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """anchors (N, 7), boxes (M, 7) -> (N, M) IoU under the configured mode."""
+        """anchors (N, 7), boxes (M, 7) -> (N, M) IoU under the configured mode (standup modes also
+        take boxes (A, M, 7) -> (A, N, M))."""
         if self.iou_mode == "rotated":
             return bev_iou(anchors, gt)
         hull_a, hull_g = boxes_to_standup(anchors), boxes_to_standup(gt)
@@ -139,12 +133,17 @@ class TargetAssigner:
         labels, matched = match_anchors(self.iou(anchors, gt), self.pos_threshold, self.neg_threshold)
         if gt.shape[0] == 0:
             return labels, anchors.new_zeros(anchors.shape), torch.zeros_like(labels), matched
-        pos = labels == 1
-        gt_matched = gt[matched.clamp(min=0)]
-        box_targets = torch.where(pos[:, None], encode_boxes(gt_matched, anchors), anchors.new_zeros(()))
-        dirs = direction_target(gt_matched[:, 6], self.num_dir_bins, self.dir_offset)
-        dir_targets = torch.where(pos, dirs.to(labels.dtype), torch.zeros_like(labels))
+        box_targets, dir_targets = self._regression_targets(anchors, gt[matched.clamp(min=0)], labels)
         return labels, box_targets, dir_targets, matched
+
+    def _regression_targets(self, anchors: torch.Tensor, gt_matched: torch.Tensor,
+                            labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box residuals (..., N, 7) and direction bins (..., N) of every anchor against its
+        matched box ``gt_matched`` (..., N, 7), kept where ``labels`` is positive (0 elsewhere)."""
+        pos = labels == 1
+        box_targets = torch.where(pos[..., None], encode_boxes(gt_matched, anchors), anchors.new_zeros(()))
+        dirs = direction_target(gt_matched[..., 6], self.num_dir_bins, self.dir_offset)
+        return box_targets, torch.where(pos, dirs.to(labels.dtype), torch.zeros_like(labels))
 
     def assign_padded(self, anchors: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> AnchorTargets:
         """All maps at once from padded ground truth: anchors (H, W, K, 7) or (N, 7); gt (A, M, 7)
@@ -163,16 +162,10 @@ class TargetAssigner:
         keep = valid[..., None]
         safe = torch.cat([torch.where(keep, gt[..., :3], 0.0), torch.where(keep, gt[..., 3:6], 1.0),
                           torch.where(keep, gt[..., 6:], 0.0)], dim=-1)
-        hull_a, hull_g = boxes_to_standup(anchors), boxes_to_standup(safe)
-        iou = opencood_standup_iou(hull_a, hull_g) if self.standup_plus_one else standup_iou(hull_a, hull_g)
-        iou = iou.masked_fill(~valid[:, None, :], -1.0)  # (A, N, M)
+        iou = self.iou(anchors, safe).masked_fill(~valid[:, None, :], -1.0)  # (A, N, M)
         labels, matched = match_anchors(iou, self.pos_threshold, self.neg_threshold)
-        pos = labels == 1
-        index = matched.clamp(min=0)
-        gt_matched = safe.gather(1, index[..., None].expand(-1, -1, 7))  # (A, N, 7)
-        box_targets = torch.where(pos[..., None], encode_boxes(gt_matched, anchors[None]), anchors.new_zeros(()))
-        dirs = direction_target(gt_matched[..., 6], self.num_dir_bins, self.dir_offset)
-        dir_targets = torch.where(pos, dirs.to(labels.dtype), torch.zeros_like(labels))
+        gt_matched = safe.gather(1, matched.clamp(min=0)[..., None].expand(-1, -1, 7))  # (A, N, 7)
+        box_targets, dir_targets = self._regression_targets(anchors[None], gt_matched, labels)
         return AnchorTargets(labels, box_targets, dir_targets, matched)
 
     def __call__(self, anchors: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> AnchorTargets:
@@ -186,11 +179,11 @@ class TargetAssigner:
         gts = [torch.as_tensor(gt).to(device=anchors.device, dtype=anchors.dtype) for gt in gt_boxes]
         for a, gt in enumerate(gts):
             if gt.ndim != 2 or gt.shape[1] != 7:
-                _check_boxes(gt, f"gt_boxes[{a}]")
+                validate_boxes(gt, f"gt_boxes[{a}]")
         everything = torch.cat(gts) if gts else anchors.new_zeros((0, 7))
         if len(everything) and not bool(torch.isfinite(everything).all() & (everything[:, 3:6] > 0).all()):
             for a, gt in enumerate(gts):  # one host sync for the batch; find the culprit only on failure
-                _check_boxes(gt, f"gt_boxes[{a}]")
+                validate_boxes(gt, f"gt_boxes[{a}]")
         parts = [self.assign_one(anchors, gt) for gt in gts]
         labels, boxes, dirs, matched = (torch.stack(p) for p in zip(*parts))
         return AnchorTargets(labels, boxes, dirs, matched)
