@@ -13,15 +13,22 @@ import json
 from pathlib import Path
 
 
+def _data_overrides(parser) -> None:
+    """``--data-root`` / ``--agent-frame``: override the checkpoint's saved ``data`` fields."""
+    from coperception.data.agent_frames import AGENT_FRAMES
+
+    parser.add_argument("--data-root", default=None, help="override data.root of the saved config")
+    parser.add_argument("--agent-frame", default=None, choices=AGENT_FRAMES,
+                        help="override data.agent_frame (the frame collaborator clouds are encoded in)")
+
+
 def register(subparsers) -> None:
     """Add the ``eval`` and ``eval-boxes`` subcommands to an argparse ``subparsers`` object."""
     e = subparsers.add_parser("eval", help="AP@IoU (OpenCOOD protocol) and bytes sent of a trained detector",
                               description="Evaluate a checkpoint per inference mode on a dataset split.")
     e.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint written by `coperception train`")
     e.add_argument("--split", default=None, help="library split name (default: the config's test split)")
-    e.add_argument("--data-root", default=None, help="override data.root of the saved config")
-    e.add_argument("--agent-frame", default=None, choices=("own", "ego_heading", "ego"),
-                   help="override data.agent_frame (the frame collaborator clouds are encoded in)")
+    _data_overrides(e)
     e.add_argument("--modes", nargs="+", default=None, choices=["single", "late", "early", "intermediate"],
                    help="inference modes (default: the config's eval.modes)")
     e.add_argument("--no-global-sort", dest="global_sort", action="store_false", default=None,
@@ -54,9 +61,7 @@ def register(subparsers) -> None:
     w.add_argument("--budgets", nargs="+", default=["none", "100000", "20000", "5000", "1000"], metavar="B",
                    help="bytes per agent per frame; 'none' = unlimited (default: %(default)s)")
     w.add_argument("--split", default=None, help="library split name (default: the config's test split)")
-    w.add_argument("--data-root", default=None, help="override data.root of the saved config")
-    w.add_argument("--agent-frame", default=None, choices=("own", "ego_heading", "ego"),
-                   help="override data.agent_frame (the frame collaborator clouds are encoded in)")
+    _data_overrides(w)
     w.add_argument("--max-frames", type=int, default=None, help="evaluate only the first N frames")
     w.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     w.add_argument("--json", type=Path, default=None, help="write every point to this JSON file")
