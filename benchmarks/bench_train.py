@@ -3,7 +3,10 @@
 Both train on the SAME OPV2V files (written by our writer), same batch size, same grid
 (OpenCOOD's hypes ``point_pillar_intermediate_fusion.yaml``: range [-140.8, -40, -3, 140.8, 40, 1],
 0.4 m pillars, 32 points per pillar, backbone [3, 5, 8] / [64, 128, 256], 2 anchors per cell),
-in the same process, one after the other. A step is the whole thing a training loop does: load
+in the same process, one after the other. OpenCOOD's intermediate fusion projects every
+collaborator's cloud into the ego frame before voxelising (``proj_first``, its default), so its
+fusion needs no warp; ours does the same by default (``--agent-frame ego``); ``ego_heading``
+(our training default: each agent keeps its own origin and range) adds a translation warp. A step is the whole thing a training loop does: load
 and collate a batch (DataLoader, same worker count), move it to the device, forward, loss,
 backward, optimiser step. OpenCOOD fuses with attention at every backbone scale; ours fuses
 with per-location attention after the backbone (``fusion: attention``), without the direction
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_data import synth_frame, write_split  # noqa: E402
 
+from coperception.data.agent_frames import AGENT_FRAMES  # noqa: E402
 from coperception.models.build import build_dataset, build_detector  # noqa: E402
 from coperception.models.config import Component, ExperimentConfig, HeadConfig, ModelConfig, load_experiment  # noqa: E402
 from coperception.train.device import move_to_device  # noqa: E402
@@ -43,10 +47,11 @@ def write_synthetic(root: Path, frames: int, agents: int, points: int, seed: int
     return write_split(root, [synth_frame(rng, 2 * i + 68, agents, points) for i in range(frames)], "binary")
 
 
-def our_config(root: Path, agents: int, batch: int, voxelize_on: str = "auto") -> ExperimentConfig:
+def our_config(root: Path, agents: int, batch: int, voxelize_on: str = "auto",
+               agent_frame: str = "ego") -> ExperimentConfig:
     base = load_experiment(Path(__file__).resolve().parents[1] / "models" / "_base.yaml")
     data = replace(base.data, root=str(root), lidar_range=RANGE, max_agents=agents, augment=None,
-                   voxelize_on=voxelize_on)
+                   voxelize_on=voxelize_on, agent_frame=agent_frame)
     model = ModelConfig(encoder=base.model.encoder, fusion=Component("attention"),
                         head=HeadConfig(anchor_sizes=((3.9, 1.6, 1.56),), use_direction=False, max_box_extent=6.0),
                         single_loss_weight=0.0)
@@ -104,7 +109,7 @@ def amp_step(model_loss, opt, scaler, amp: bool) -> None:
 
 
 def ours(root: Path, args, device, voxelize_on: str = "auto") -> float:
-    cfg = our_config(root, args.agents, args.batch, voxelize_on)
+    cfg = our_config(root, args.agents, args.batch, voxelize_on, args.agent_frame)
     torch.manual_seed(0)
     model = build_detector(cfg).to(device).train()
     if args.channels_last:
@@ -226,6 +231,8 @@ def main() -> None:
     p.add_argument("--skip-opencood", action="store_true", help="time ours only")
     p.add_argument("--voxelize-on", default="auto", choices=("auto", "loader", "device"),
                    help="ours: where clouds become pillars (auto: the GPU on CUDA, the loader on CPU)")
+    p.add_argument("--agent-frame", default="ego", choices=AGENT_FRAMES,
+                   help="ours: the frame each agent encodes in (ego = OpenCOOD's proj_first, no warp)")
     args = p.parse_args()
     device = torch.device(args.device)
     args.amp = args.amp and device.type == "cuda"
@@ -236,7 +243,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nTraining step, batch {args.batch} x {args.agents} agents, {args.points} points each, "
           f"{args.workers} loader workers, {'AMP fp16' if args.amp else 'fp32'}, ours voxelising on "
-          f"{args.voxelize_on}, {name}")
+          f"{args.voxelize_on}, agent frame {args.agent_frame}, {name}")
     print(f"{'implementation':<42}{'s/step':>10}{'it/s':>10}{'ratio':>8}{'compute-only s':>16}{'ratio':>8}"
           f"{'loader-only s':>15}")
     if theirs is not None:

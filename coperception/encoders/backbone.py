@@ -123,11 +123,15 @@ class BEVBackbone(nn.Module):
         self.stride: int = stride
         self.out_channels: int = channels
 
-    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stage maps (A, num_filters[i], H/cum_stride_i, W/cum_stride_i), for multi-scale fusion."""
+    def forward_levels(self, x: torch.Tensor, stem_done: bool = False) -> list[torch.Tensor]:
+        """Per-stage maps (A, num_filters[i], H/cum_stride_i, W/cum_stride_i), for multi-scale fusion.
+
+        stem_done: ``x`` is already the output of the first convolution (``blocks[0][0]``), e.g.
+            computed from sparse pillars by :func:`~coperception.encoders.pointpillars.scatter_conv2d`.
+        """
         levels = []
-        for block in self.blocks:
-            x = block(x)
+        for k, block in enumerate(self.blocks):
+            x = block[1:](x) if stem_done and k == 0 else block(x)
             levels.append(x)
         return levels
 
@@ -139,13 +143,15 @@ class BEVBackbone(nn.Module):
             x = levels[-1]
         return self.shrink(x) if self.shrink is not None else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(A, in_channels, H, W) -> (A, out_channels, H/stride, W/stride)."""
+    def forward(self, x: torch.Tensor, stem_done: bool = False) -> torch.Tensor:
+        """(A, in_channels, H, W) -> (A, out_channels, H/stride, W/stride); with ``stem_done`` see
+        :meth:`forward_levels` (x is then the first convolution's output)."""
         h, w = x.shape[-2:]
-        if h % self.input_multiple or w % self.input_multiple:
-            raise ConfigError(f"BEV input of size {h}x{w} is not a multiple of the backbone's total "
-                              f"stride {self.input_multiple}")
-        return self.merge_levels(self.forward_levels(x))
+        first = int(self.blocks[0][0].stride[0]) if stem_done else 1
+        if (h * first) % self.input_multiple or (w * first) % self.input_multiple:
+            raise ConfigError(f"BEV input of size {h * first}x{w * first} is not a multiple of the backbone's "
+                              f"total stride {self.input_multiple}")
+        return self.merge_levels(self.forward_levels(x, stem_done))
 
 
 def _cumprod(values: Sequence[int]):

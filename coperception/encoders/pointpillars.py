@@ -116,6 +116,23 @@ class PillarFeatureNet(nn.Module):
 _CHECKED_ON_DEVICE: dict[str, bool] = {}
 
 
+def _check_coords(coords: torch.Tensor, num_agents: int, h: int, w: int) -> None:
+    """Pillar coords must lie on ``num_agents`` canvases of h x w (a clear error, not an index fault)."""
+    if not len(coords):
+        return
+    lo = coords.amin(dim=0)
+    hi = coords.amax(dim=0)
+    outside = (lo < 0).any() | (hi[0] >= num_agents) | (hi[1] >= h) | (hi[2] >= w)
+    message = (f"pillar coords [agent,row,col] outside {num_agents} agents x {h} rows x {w} cols: "
+               f"voxeliser and encoder grids differ?")
+    if coords.device.type == "cpu" or not _CHECKED_ON_DEVICE.get(str(coords.device), False):
+        if bool(outside):  # a host sync: always on the CPU, on an accelerator for its first batch
+            raise ConfigError(f"{message} (span {lo.tolist()}..{hi.tolist()})")
+        _CHECKED_ON_DEVICE[str(coords.device)] = coords.device.type != "cpu"
+    else:  # later batches: checked on the device, without stalling the host
+        torch._assert_async(~outside, message)
+
+
 def scatter_to_bev(features: torch.Tensor, coords: torch.Tensor, num_agents: int, shape: tuple[int, int]) -> torch.Tensor:
     """Place pillar features on per-agent canvases.
 
@@ -126,23 +143,49 @@ def scatter_to_bev(features: torch.Tensor, coords: torch.Tensor, num_agents: int
     h, w = shape
     c = features.shape[1]
     coords = coords.to(features.device).long()
-    if len(coords):
-        lo = coords.amin(dim=0)
-        hi = coords.amax(dim=0)
-        outside = (lo < 0).any() | (hi[0] >= num_agents) | (hi[1] >= h) | (hi[2] >= w)
-        message = (f"pillar coords [agent,row,col] outside {num_agents} agents x {h} rows x {w} cols: "
-                   f"voxeliser and encoder grids differ?")
-        if coords.device.type == "cpu" or not _CHECKED_ON_DEVICE.get(str(coords.device), False):
-            if bool(outside):  # a host sync: always on the CPU, on an accelerator for its first batch
-                raise ConfigError(f"{message} (span {lo.tolist()}..{hi.tolist()})")
-            _CHECKED_ON_DEVICE[str(coords.device)] = coords.device.type != "cpu"
-        else:  # later batches: checked on the device, without stalling the host
-            torch._assert_async(~outside, message)
+    _check_coords(coords, num_agents, h, w)
     # Written straight into the channel-first layout: a (A*H*W, C) canvas would need a full
     # permute-copy of the largest tensor of the step (forward and backward).
     canvas = features.new_zeros(num_agents, c, h * w)
     canvas[coords[:, 0], :, coords[:, 1] * w + coords[:, 2]] = features
     return canvas.view(num_agents, c, h, w)
+
+
+def scatter_conv2d(features: torch.Tensor, coords: torch.Tensor, num_agents: int, shape: tuple[int, int],
+                   conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(scatter_to_bev(features, coords, num_agents, shape))`` without the canvas.
+
+    The pseudo-image is mostly empty (a few percent to ~30% of the cells hold a pillar) and is the
+    largest tensor of the step; a dense convolution spends its forward, its weight gradient and a
+    full-size input gradient on zeros. Here each kernel tap ``(i, j)`` is one matmul of the
+    pillars that reach an output cell through that tap with ``weight[:, :, i, j]``, added into
+    the output rows: exactly the dense result (up to float summation order), and autograd's
+    backward touches only pillar rows. ``conv`` must be a zero-padded, ungrouped ``nn.Conv2d``
+    with integer padding. Returns (A, C_out, H_out, W_out), channel-first contiguous.
+    """
+    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ConfigError(f"scatter_conv2d needs an ungrouped, zero-padded conv with integer padding, got {conv}")
+    h, w = shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    coords = coords.to(features.device).long()
+    _check_coords(coords, num_agents, h, w)
+    agent, row, col = coords.unbind(dim=1)
+    out = features.new_zeros(num_agents * ho * wo, conv.out_channels)
+    # Output row o reads input row o * sh - ph + i * dh through tap i: a pillar in row r reaches
+    # o = (r + ph - i * dh) / sh when that is a whole number in [0, ho).
+    rows = [(r % sh == 0) & (r >= 0) & (r < ho * sh) for r in (row + ph - i * dh for i in range(kh))]
+    cols = [(c % sw == 0) & (c >= 0) & (c < wo * sw) for c in (col + pw - j * dw for j in range(kw))]
+    for i in range(kh):
+        for j in range(kw):
+            hit = (rows[i] & cols[j]).nonzero().squeeze(1)
+            if not len(hit):
+                continue
+            target = (agent[hit] * ho + (row[hit] + ph - i * dh) // sh) * wo + (col[hit] + pw - j * dw) // sw
+            out.index_add_(0, target, features[hit] @ conv.weight[:, :, i, j].t())
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out.view(num_agents, ho, wo, conv.out_channels).permute(0, 3, 1, 2).contiguous()
 
 
 class PointPillarsEncoder(nn.Module):
@@ -177,4 +220,12 @@ class PointPillarsEncoder(nn.Module):
         return scatter_to_bev(self.vfe(pillars), pillars.coords, pillars.num_agents, self.grid.feature_shape(1))
 
     def forward(self, pillars: Pillars) -> BEVFeatures:
-        return BEVFeatures(self.backbone(self.pseudo_image(pillars)), self.grid, self.stride)
+        feats = self.vfe(pillars)
+        if feats.device.type == "cpu":
+            # The first convolution straight from the pillars (same result, no dense canvas): on
+            # the CPU the canvas' zeros cost ~1 s of a training step; accelerators keep cuDNN.
+            stem = self.backbone.blocks[0][0]
+            x = scatter_conv2d(feats, pillars.coords, pillars.num_agents, self.grid.feature_shape(1), stem)
+            return BEVFeatures(self.backbone(x, stem_done=True), self.grid, self.stride)
+        canvas = scatter_to_bev(feats, pillars.coords, pillars.num_agents, self.grid.feature_shape(1))
+        return BEVFeatures(self.backbone(canvas), self.grid, self.stride)

@@ -193,6 +193,78 @@ class FCooperFusion(BEVFusion):
         return _masked_max(x, present)
 
 
+def _agent_dots(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) . (B, L, C, H, W) over C -> (B, L, H, W), one agent at a time (no L-map temporary)."""
+    return torch.stack([torch.linalg.vecdot(x[:, i], a, dim=1) for i in range(x.shape[1])], dim=1)
+
+
+def _combine(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_l w[:, l] * x[:, l] -> (B, C, H, W) by in-place multiply-adds (one pass per agent)."""
+    out = x[:, 0] * w[:, 0, None]
+    for i in range(1, x.shape[1]):
+        out.addcmul_(x[:, i], w[:, i, None])
+    return out
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``(w[:, :, None] * x).sum(1)`` for x (B, L, C, H, W), w (B, L, H, W), without the (B, L, C, H, W)
+    temporaries autograd would keep: on the CPU these maps are memory-bound and the hand-written
+    backward halves the fusion's time (benchmarks/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        return _combine(x, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.empty_like(x)
+            for i in range(x.shape[1]):
+                torch.mul(grad, w[:, i, None], out=gx[:, i])
+        gw = _agent_dots(grad, x) if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
+class _AttendEgo(torch.autograd.Function):
+    """AttFuse's ego row: ``softmax_l(<x_l, x_0> / sqrt(C))`` over the ``keys`` (B, L, H, W) agents,
+    then the weighted sum of x (B, L, C, H, W); 0 where no key is valid. Same maths as the
+    broadcast-multiply formulation, with one pass per agent forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 / math.sqrt(x.shape[2])
+        # scores and softmax in float32 at least (fp16 maps under autocast)
+        scores = _agent_dots(x[:, 0], x).to(torch.promote_types(x.dtype, torch.float32)) * scale
+        # A finite fill keeps the backward pass NaN-free where no key is valid.
+        weights = torch.softmax(scores.masked_fill(~keys, -1e30), dim=1) * keys.any(dim=1, keepdim=True)
+        weights = weights.to(x.dtype)
+        ctx.save_for_backward(x, weights)
+        ctx.scale = scale
+        return _combine(x, weights)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        work = torch.promote_types(x.dtype, torch.float32)
+        gw = _agent_dots(grad, x).to(work)
+        wf = w.to(work)
+        # softmax backward; masked and padding agents have w = 0 and get no score gradient
+        gs = (wf * (gw - (wf * gw).sum(dim=1, keepdim=True)) * ctx.scale).to(x.dtype)
+        gx = torch.empty_like(x)
+        ego = x[:, 0]
+        for i in range(x.shape[1]):  # d out / d x_i through the weights and d score_i / d x_i
+            torch.mul(grad, w[:, i, None], out=gx[:, i])
+            gx[:, i].addcmul_(ego, gs[:, i, None])
+        for i in range(x.shape[1]):  # d score_i / d x_0 (the ego is every score's query)
+            gx[:, 0].addcmul_(x[:, i], gs[:, i, None])
+        return gx, None
+
+
 class AttentionFusion(BEVFusion):
     """AttFuse: per-location scaled dot-product attention of the ego's vector over all agents'.
 
@@ -207,13 +279,7 @@ class AttentionFusion(BEVFusion):
 
     def fuse(self, x: torch.Tensor, present: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         keys = present[:, :, 0] if self.mask_invalid else slots[:, :, None, None].expand(-1, -1, *x.shape[-2:])
-        # Broadcast multiply + sum rather than einsum: the same contraction, but CPU einsum
-        # permutes (B, L, C, H, W) into a batched matmul at ~5x the cost.
-        scores = (x * x[:, :1]).sum(dim=2).float() / math.sqrt(x.shape[2])
-        # A finite fill keeps the backward pass NaN-free where no key is valid.
-        scores = scores.masked_fill(~keys, -1e30)
-        weights = torch.softmax(scores, dim=1).to(x.dtype) * keys.any(dim=1, keepdim=True)
-        return (weights.unsqueeze(2) * x).sum(dim=1)
+        return _AttendEgo.apply(x, keys)
 
 
 class Where2commFusion(AttentionFusion):
@@ -258,7 +324,7 @@ class ConfidenceFusion(BEVFusion):
         x, scores = x[:, :, :-1], x[:, :, -1:]  # the score rides as the last channel
         logits = (scores.float() / self.temperature).masked_fill(~present, -1e30)
         weights = torch.softmax(logits, dim=1).to(x.dtype) * present.any(dim=1, keepdim=True)
-        return (weights * x).sum(dim=1)
+        return _WeightedSum.apply(x, weights[:, :, 0])
 
 
 class MultiScaleFusion(nn.Module):

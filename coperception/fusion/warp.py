@@ -13,7 +13,11 @@ the map's extent ``[xmin, xmin + W * sx]`` the whole resampling is one affine ma
 all agents go through a single ``affine_grid`` + ``grid_sample`` call. Agents whose transform is
 (numerically) the identity -- the ego itself -- are passed through bit for bit instead of being
 resampled, because float rounding in ``grid_sample``'s un-normalisation would otherwise perturb
-them by ~1e-7.
+them by ~1e-7. On the CPU, where reading the poses costs nothing, a batch in which every
+transform is the identity (``agent_frame: ego``, OpenCOOD's ``proj_first``, or ego-only batches)
+skips ``grid_sample`` altogether. (Resampling only the moved agents of a mixed batch, or
+translating by separable ``lerp`` passes, measured slower on the CPU: the extra gather/scatter
+passes over the maps cost more than the resampling they save.)
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ def _sample(x: torch.Tensor, theta: torch.Tensor, mode: str) -> tuple[torch.Tens
     return out.to(x.dtype), sampling
 
 
+def _inside(sampling: torch.Tensor) -> torch.Tensor:
+    """(A, H, W, 2) normalised sample points -> (A, 1, H, W) bool: inside the map's extent ([-1, 1])."""
+    return (sampling.abs() <= 1.0 + 1e-6).all(dim=-1)[:, None]
+
+
 def warp_with_valid(features: torch.Tensor, ego_from_agent: torch.Tensor, grid: BEVGrid, stride: int,
                     mode: str = "bilinear", mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp maps into the ego frame and say which ego cells each agent covers.
@@ -120,13 +129,15 @@ def warp_with_valid(features: torch.Tensor, ego_from_agent: torch.Tensor, grid: 
             raise ValueError(f"mask must be ({num}, 1, {h}, {w}), got shape {tuple(mask.shape)}")
         mask = mask.to(features.dtype)
         features = features * mask
-    theta = sampling_theta(ego_from_agent, grid, stride, (h, w))
-    keep = identity_agents(ego_from_agent, grid, stride)
     src = features if mask is None else torch.cat([features, mask], dim=1)
-    warped, sampling = _sample(src, theta, mode)
-    warped = torch.where(keep[:, None, None, None], src, warped)
-    # Inside the map's extent = normalised sample coordinates within [-1, 1].
-    inside = (sampling.abs() <= 1.0 + 1e-6).all(dim=-1)[:, None] | keep[:, None, None, None]
+    keep = identity_agents(ego_from_agent, grid, stride)
+    if src.device.type == "cpu" and bool(keep.all()):
+        warped, inside = src, torch.ones((num, 1, h, w), dtype=torch.bool, device=src.device)
+    else:
+        theta = sampling_theta(ego_from_agent, grid, stride, (h, w))
+        warped, sampling = _sample(src, theta, mode)
+        warped = torch.where(keep[:, None, None, None], src, warped)
+        inside = _inside(sampling) | keep[:, None, None, None]
     if mask is None:
         return warped, inside
     return warped[:, :-1], inside & (warped[:, -1:] >= 0.5)

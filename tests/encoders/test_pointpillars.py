@@ -5,7 +5,7 @@ import torch
 
 from coperception.data.pillars import Pillars
 from coperception.encoders import ENCODERS, BEVBackbone, BEVFeatures, PointPillarsEncoder, scatter_to_bev
-from coperception.encoders.pointpillars import PillarFeatureNet
+from coperception.encoders.pointpillars import PillarFeatureNet, scatter_conv2d
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
 
@@ -95,6 +95,48 @@ def test_scatter_puts_each_pillar_in_its_cell():
     assert canvas.abs().sum() == feats.sum()  # nothing else written; agent 3 stays empty
     with pytest.raises(ConfigError, match="outside"):
         scatter_to_bev(feats, torch.tensor([[0, 8, 0]] * 4), num_agents=4, shape=(8, 10))
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, bias", [
+    (3, 2, 1, 1, False), (3, 1, 1, 1, True), (1, 1, 0, 1, False), (3, 2, 0, 1, False), (5, 3, 2, 1, False),
+    (3, 1, 2, 2, True), ((3, 1), (2, 1), (1, 0), 1, False)])
+def test_scatter_conv_equals_the_dense_convolution_of_the_canvas(kernel, stride, padding, dilation, bias):
+    # Forward, feature gradient and weight/bias gradients against conv(scatter_to_bev(...)),
+    # with pillars on every border (where taps fall into the padding).
+    g = torch.Generator().manual_seed(3)
+    h, w, agents = 9, 13, 3
+    cells = torch.randperm(agents * h * w, generator=g)[:60]
+    border = torch.tensor([[0, 0, 0], [0, h - 1, w - 1], [1, 0, w - 1], [2, h - 1, 0]])
+    coords = torch.cat([torch.stack([cells // (h * w), cells % (h * w) // w, cells % w], 1), border]).unique(dim=0)
+    feats = torch.randn(len(coords), 5, generator=g, dtype=torch.float64, requires_grad=True)
+    conv = torch.nn.Conv2d(5, 7, kernel, stride, padding, dilation, bias=bias).double()
+    dense = conv(scatter_to_bev(feats, coords, agents, (h, w)))
+    sparse = scatter_conv2d(feats, coords, agents, (h, w), conv)
+    assert sparse.shape == dense.shape and sparse.is_contiguous()
+    torch.testing.assert_close(sparse, dense)
+    up = torch.randn(dense.shape, generator=g, dtype=torch.float64)
+    params = [feats, *conv.parameters()]
+    for a, b in zip(torch.autograd.grad(sparse, params, up), torch.autograd.grad(dense, params, up)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ConfigError, match="outside"):
+        scatter_conv2d(feats, coords + torch.tensor([0, h, 0]), agents, (h, w), conv)
+    with pytest.raises(ConfigError, match="ungrouped"):
+        scatter_conv2d(feats, coords, agents, (h, w), torch.nn.Conv2d(5, 5, 3, groups=5))
+
+
+def test_encoder_on_the_cpu_equals_the_dense_canvas_path():
+    # The CPU forward starts the backbone from the pillars; it must equal running the backbone
+    # on the scattered pseudo-image, features and parameter gradients alike.
+    torch.manual_seed(0)
+    enc = PointPillarsEncoder(GRID, vfe_filters=(16,), **SMALL).double()
+    pillars = random_pillars(num_agents=3)
+    pillars = Pillars(pillars.points.double(), pillars.coords, pillars.num_points, pillars.num_agents)
+    fast = enc(pillars).features
+    dense = enc.backbone(enc.pseudo_image(pillars))
+    torch.testing.assert_close(fast, dense)
+    params = list(enc.parameters())
+    for a, b in zip(torch.autograd.grad(fast.square().sum(), params), torch.autograd.grad(dense.square().sum(), params)):
+        torch.testing.assert_close(a, b)
 
 
 def test_encoder_output_contract_and_geometry():
