@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from coperception.data.records import Detections
@@ -112,8 +113,12 @@ class AnchorHead(nn.Module):
         if tuple(features.shape[-2:]) != tuple(self.anchors.shape[:2]):
             raise ConfigError(f"feature map {tuple(features.shape[-2:])} does not match the head's anchor grid "
                               f"{tuple(self.anchors.shape[:2])}")
-        d = self.dir_head(features) if self.dir_head is not None else None
-        return HeadPredictions(self.cls_head(features), self.reg_head(features), d)
+        # The three 1x1 convolutions as one: the (large) feature map is read once forward and its
+        # gradient written once backward, instead of once per branch.
+        convs = [self.cls_head, self.reg_head] + ([self.dir_head] if self.dir_head is not None else [])
+        out = F.conv2d(features, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+        parts = out.split([c.out_channels for c in convs], dim=1)
+        return HeadPredictions(parts[0], parts[1], parts[2] if self.dir_head is not None else None)
 
     def targets(self, gt_boxes: Sequence[torch.Tensor]) -> AnchorTargets:
         """One (M_a, 7) ground-truth tensor per map (in that map's frame) -> anchor targets."""
