@@ -87,6 +87,7 @@ class CooperativeDetector(nn.Module):
         heterogeneous agents) reads the whole batch; a LiDAR encoder reads the voxelised cells."""
         if getattr(self.encoder, "consumes_batch", False):
             return self.encoder(batch)
+        batch = self.with_cells(batch)  # a batch that carries raw clouds is voxelised here
         if batch.cells is None:
             raise ConfigError("batch has no voxelised cells: build the dataset with voxelization enabled")
         return self.encoder(batch.cells)

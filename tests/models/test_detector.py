@@ -106,7 +106,9 @@ def test_second_encoder_trains_through_the_same_detector(tiny_experiment):
     from coperception.models.config import Component
 
     cfg = replace(tiny_experiment,
-                  data=replace(tiny_experiment.data, voxel_size=(0.2, 0.2, 0.5), max_points_per_pillar=5),
+                  # voxels made in the loader (``auto`` leaves them to the GPU where one exists)
+                  data=replace(tiny_experiment.data, voxel_size=(0.2, 0.2, 0.5), max_points_per_pillar=5,
+                               voxelize_on="loader"),
                   model=replace(tiny_experiment.model, encoder=Component("second", {
                       "sparse_channels": [8, 16], "sparse_blocks": [1, 1], "sparse_out_channels": 16,
                       "backend": "torch", "layer_nums": [1], "layer_strides": [1], "num_filters": [32],
@@ -162,6 +164,9 @@ def test_voxelizing_on_the_device_gives_the_same_losses_and_detections(tiny_expe
     db = model.infer(with_points, "intermediate", score_threshold=0.05).detections
     for x, y in zip(da, db):
         torch.testing.assert_close(x.boxes, y.boxes)
+    # The step-by-step API voxelises a cloud-carrying batch too (encode is public).
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(with_points).features, model.encode(with_cells).features)
 
 
 def test_post_fusion_block_starts_as_identity_and_trains_only_the_fused_path(tiny_experiment):
