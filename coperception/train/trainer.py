@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from coperception.train.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from coperception.train.distributed import DistInfo, ResumableSampler, all_reduce_mean
 from coperception.train.device import move_to_device
+from coperception.train.host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class TrainConfig:
     init_from: str | None = None
     #: ... and keep these submodules fixed (no gradients, BatchNorm in eval mode), e.g. [encoder, head].
     freeze: tuple[str, ...] = ()
+    #: on the CPU, keep freed activation memory in the process instead of returning it to the
+    #: OS after every step (``coperception.train.host_memory``: ~20% faster CPU steps, higher RSS)
+    keep_host_memory: bool = True
 
     def __post_init__(self) -> None:
         from coperception.errors import ConfigError
@@ -106,6 +110,8 @@ class Trainer:
         self.cfg, self.dist, self.out_dir = cfg, dist, Path(out_dir)
         self.config_dict = config_dict or {}
         seed_everything(cfg.seed + dist.rank, cfg.deterministic)
+        if cfg.keep_host_memory and dist.device.type == "cpu":
+            keep_freed_memory()
         self.model = model.to(dist.device)
         self.module = model
         if dist.enabled:
