@@ -1,14 +1,14 @@
-"""Keep freed host memory in the process for reuse (CPU training and evaluation).
+"""Keep freed host memory in the process for reuse (CPU training: ``train.keep_host_memory``).
 
 A CPU training step allocates and frees dozens of 50-300 MB activation tensors. glibc's malloc
 serves every block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and returns it
 with ``munmap`` when freed, so the next step touches brand-new pages: on the bench_train
 configuration that is ~47,000 page faults and ~2.8 s of kernel time per 9 s step (2 cores).
-:func:`keep_freed_memory` tells malloc to serve large blocks from its heap and never to trim it,
-so later steps reuse the same pages: kernel time per step 2.78 -> 0.27 s, step 9.0 -> 7.1 s, at
-the cost of a higher resident size (peak 4.3 -> 5.7 GB there) that is not given back until the
-process exits (benchmarks/RESULTS.md). This is what Intel's PyTorch CPU tuning guide gets from
-swapping in jemalloc/tcmalloc, done with the allocator already loaded.
+:func:`keep_freed_memory` tells malloc to serve large blocks from its heap and to give the
+heap's top back only beyond 2 GB free, so later steps reuse the same pages: kernel time per step
+2.78 -> 0.27 s, step 9.0 -> 7.1 s, at the cost of a higher resident size (peak 4.3 -> 5.7 GB
+there) kept until the process exits (benchmarks/RESULTS.md). PyTorch's CPU tuning advice gets
+the same from swapping in jemalloc/tcmalloc; this does it with the allocator already loaded.
 
 The setting is process-wide and one-way; only glibc (Linux) is supported, elsewhere it is a no-op.
 """
