@@ -18,6 +18,7 @@ from coperception.models.build import build_dataset, build_detector, build_loade
 from coperception.models.config import ExperimentConfig, validate_components
 from coperception.models.detector import CooperativeDetector
 from coperception.train import DistInfo, Trainer, init_distributed, load_checkpoint, load_model_state
+from coperception.train.trainer import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ def train_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: str 
     """Train ``cfg`` into ``out_dir`` (checkpoints/, tensorboard/, config.yaml); returns the trainer."""
     dist = dist or init_distributed()
     out_dir = Path(out_dir)
+    # Initial weights from the config's seed, not from whatever the process drew before (the
+    # demo generates its data first in the same process: runs with and without that step differed).
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
     model = build_detector(cfg)
     dataset = build_dataset(cfg, cfg.data.train_split, train=True)
     if len(dataset) == 0:
