@@ -206,6 +206,17 @@ def _combine(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _combine_backward(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool = True,
+                      need_w: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`_combine` for upstream ``grad`` (B, C, H, W): (d/dx, d/dw)."""
+    gx = None
+    if need_x:
+        gx = torch.empty_like(x)
+        for i in range(x.shape[1]):
+            torch.mul(grad, w[:, i, None], out=gx[:, i])
+    return gx, (_agent_dots(grad, x) if need_w else None)
+
+
 class _WeightedSum(torch.autograd.Function):
     """``(w[:, :, None] * x).sum(1)`` for x (B, L, C, H, W), w (B, L, H, W), without the (B, L, C, H, W)
     temporaries autograd would keep: on the CPU these maps are memory-bound and the hand-written
@@ -220,13 +231,7 @@ class _WeightedSum(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.empty_like(x)
-            for i in range(x.shape[1]):
-                torch.mul(grad, w[:, i, None], out=gx[:, i])
-        gw = _agent_dots(grad, x) if ctx.needs_input_grad[1] else None
-        return gx, gw
+        return _combine_backward(grad, x, w, *ctx.needs_input_grad)
 
 
 class _AttendEgo(torch.autograd.Function):
@@ -250,15 +255,13 @@ class _AttendEgo(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
+        gx, gw = _combine_backward(grad, x, w)  # d out / d x_i at fixed weights, d out / d w
         work = torch.promote_types(x.dtype, torch.float32)
-        gw = _agent_dots(grad, x).to(work)
-        wf = w.to(work)
+        gw, wf = gw.to(work), w.to(work)
         # softmax backward; masked and padding agents have w = 0 and get no score gradient
         gs = (wf * (gw - (wf * gw).sum(dim=1, keepdim=True)) * ctx.scale).to(x.dtype)
-        gx = torch.empty_like(x)
         ego = x[:, 0]
-        for i in range(x.shape[1]):  # d out / d x_i through the weights and d score_i / d x_i
-            torch.mul(grad, w[:, i, None], out=gx[:, i])
+        for i in range(x.shape[1]):  # d score_i / d x_i (the key side)
             gx[:, i].addcmul_(ego, gs[:, i, None])
         for i in range(x.shape[1]):  # d score_i / d x_0 (the ego is every score's query)
             gx[:, 0].addcmul_(x[:, i], gs[:, i, None])
