@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from coperception.data.dataset import CooperativeDataset  # noqa: E402
 from coperception.data.formats.opv2v import OPV2VReader, OPV2VWriter  # noqa: E402
-from coperception.data.records import AgentKind, AgentObservation, Frame, ObjectSet  # noqa: E402
+from coperception.structures.records import AgentKind, AgentObservation, Frame, ObjectSet  # noqa: E402
 from coperception.data.voxelize import pillarize  # noqa: E402
 from coperception.geometry.grid import BEVGrid  # noqa: E402
 from coperception.geometry.pose import se3_from_xyz_rpy  # noqa: E402

@@ -35,7 +35,8 @@ import time
 import numpy as np
 import torch
 
-from coperception.data.voxelize import Voxels, voxelize
+from coperception.structures.cells import Voxels
+from coperception.data.voxelize import voxelize
 from coperception.encoders.second import SECONDEncoder, spconv_usable
 from coperception.encoders.sparse_conv import set_method
 from coperception.geometry.grid import BEVGrid

@@ -1,14 +1,12 @@
 """The ``coperception`` command.
 
-Each stage that offers a subcommand has a ``commands.py`` with ``register(subparsers)``, which
-adds its parser and sets ``func`` (a callable taking the parsed args and returning an exit
-code). Heavy imports happen inside those callables so that ``--help`` stays fast.
+Each command is implemented in :mod:`coperception.engine.commands`: a module per command with
+``register(subparsers)``, which adds its parser and sets ``func`` (parsed args -> exit code).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -18,24 +16,15 @@ import sys
 # allocation of the pillar tensor).
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from coperception.errors import CoperceptionError
-
-#: Modules whose ``register`` adds subcommands, in help order.
-COMMAND_MODULES: tuple[str, ...] = (
-    "coperception.sim.commands",
-    "coperception.train.commands",
-    "coperception.eval.commands",
-    "coperception.viz.commands",
-    "coperception.demo",
-)
-
+from coperception.engine.commands import COMMANDS  # noqa: E402  (after the allocator setting)
+from coperception.errors import CoperceptionError  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coperception", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMANDS:
+        module.register(sub)
     return parser
 
 

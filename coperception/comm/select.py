@@ -37,9 +37,8 @@ from torch import nn
 
 from coperception.comm.message import Boxes, Composite, Empty, Message, SparseCells
 from coperception.comm.wire import encode
-from coperception.data.records import Detections
+from coperception.structures.records import Detections
 from coperception.errors import ConfigError
-from coperception.fusion.warp import warp_with_valid
 from coperception.geometry.grid import BEVGrid
 
 
@@ -124,22 +123,6 @@ def gaussian_smooth(conf: torch.Tensor, sigma: float, kernel: int = 5) -> torch.
     return F.conv2d(conf, (g / g.sum())[None, None], padding=kernel // 2)
 
 
-def warp_maps(maps: torch.Tensor, target_from_source: torch.Tensor, grid: BEVGrid, stride: int) -> torch.Tensor:
-    """(N, 1, H, W) maps in source frames -> target frames (nearest; 0 outside the source map)."""
-    warped, valid = warp_with_valid(maps.float(), target_from_source, grid, stride, "nearest")
-    return warped * valid
-
-
-def invert(transforms: torch.Tensor) -> torch.Tensor:
-    """(N, 4, 4) rigid transforms -> inverses (exact for rotations)."""
-    out = torch.zeros_like(transforms)
-    rot_t = transforms[:, :3, :3].transpose(1, 2)
-    out[:, :3, :3] = rot_t
-    out[:, :3, 3] = -(rot_t @ transforms[:, :3, 3:]).squeeze(-1)
-    out[:, 3, 3] = 1.0
-    return out
-
-
 def ranked_cells(priority: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """(1, H, W) priority + (1, H, W) bool candidates -> (K,) flat cells, highest priority first
     (ties broken by cell index, so the order is deterministic)."""
@@ -190,6 +173,8 @@ class Strategy(nn.Module, abc.ABC):
     needs_detections: ClassVar[bool] = False
     #: the strategy's demand uses LiDAR occupancy.
     needs_occupancy: ClassVar[bool] = False
+    #: the strategy sends BEV features (False: boxes only, late collaboration).
+    sends_features: ClassVar[bool] = True
     #: received boxes are late-fused with scores multiplied by this (CoSDH's confidence_beta).
     box_beta: float = 1.0
 
@@ -199,9 +184,6 @@ class Strategy(nn.Module, abc.ABC):
             raise ConfigError(f"{type(self).__name__}: channels and stride must be >= 1, got {channels}, {stride}")
         self.channels, self.grid, self.stride = int(channels), grid, int(stride)
 
-    @property
-    def sends_features(self) -> bool:
-        return True
 
     @abc.abstractmethod
     def transmit(self, view: SampleView, budget: int | None) -> list[Sent]:

@@ -33,9 +33,10 @@ import torch
 from coperception.comm.budget import check_budget, fit_first, fit_prefix
 from coperception.comm.message import Boxes, Composite, Empty, Message
 from coperception.comm.represent import Codebook, Compressor, FloatCells
+from coperception.geometry.warp import invert_rigid, warp_maps
 from coperception.comm.select import (SampleView, Sent, Strategy, cell_set_message,
-                                      collaborator_rows, gaussian_smooth, invert, message_of, random_topk_mask,
-                                      ranked_cells, sent, split_parts, warp_maps)
+                                      collaborator_rows, gaussian_smooth, message_of, random_topk_mask,
+                                      ranked_cells, sent, split_parts)
 from coperception.comm.wire import min_message_bytes
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
@@ -131,7 +132,7 @@ class SparseStrategy(Strategy):
 
     # -- protocol -----------------------------------------------------------------------------
     def _demand_in(self, view: SampleView, demand: torch.Tensor, row: int) -> torch.Tensor:
-        tf = invert(view.ego_from_agent[row:row + 1].to(demand.device))
+        tf = invert_rigid(view.ego_from_agent[row:row + 1].to(demand.device))
         return warp_maps(demand[None], tf, self.grid, self.stride)[0]
 
     def transmit(self, view: SampleView, budget: int | None) -> list[Sent]:
@@ -285,7 +286,7 @@ class CodebookStrategy(SparseStrategy):
         filled = torch.isfinite(dist.min(dim=0).values) & (demand[0] > 0.5)
         for i, row in enumerate(rows):
             assign = (filled & (winner == i)).float()[None, None]
-            back = warp_maps(assign, invert(tf[i:i + 1]), self.grid, self.stride)[0]
+            back = warp_maps(assign, invert_rigid(tf[i:i + 1]), self.grid, self.stride)[0]
             cands[row] = own[row] & (back > 0.5)
         return cands
 
@@ -296,9 +297,7 @@ class LateStrategy(Strategy):
     name = "late"
     needs_detections = True
 
-    @property
-    def sends_features(self) -> bool:
-        return False
+    sends_features = False
 
     def transmit(self, view: SampleView, budget: int | None) -> list[Sent]:
         if view.detections is None:

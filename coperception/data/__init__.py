@@ -1,23 +1,3 @@
-"""Data: typed records, on-disk formats (OPV2V family, DAIR-V2X-C), dataset and collate."""
-
-from coperception.data.records import (
-    OBJECT_CLASSES,
-    VEHICLE_CLASSES,
-    AgentKind,
-    AgentObservation,
-    Camera,
-    Detections,
-    Frame,
-    ObjectSet,
-)
-
-__all__ = [
-    "OBJECT_CLASSES",
-    "VEHICLE_CLASSES",
-    "AgentKind",
-    "AgentObservation",
-    "Camera",
-    "Detections",
-    "Frame",
-    "ObjectSet",
-]
+"""Data: on-disk formats (OPV2V family, DAIR-V2X-C: read and write), the cooperative dataset
+(a frame -> one sample per ego), voxelisation and collation. The records it produces live in
+:mod:`coperception.structures`."""

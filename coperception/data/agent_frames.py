@@ -22,11 +22,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from coperception.data.records import ObjectSet
+from coperception.structures.records import ObjectSet
 from coperception.geometry.boxes import transform_boxes
 
 #: Frames a collaborator's cloud can be encoded in.
 AGENT_FRAMES = ("own", "ego_heading", "ego")
+#: the one default, for the dataset and the experiment config alike.
+DEFAULT_AGENT_FRAME = "ego_heading"
 
 
 def move_points(points: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:

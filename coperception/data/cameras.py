@@ -31,8 +31,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from coperception.data.records import AgentObservation
-from coperception.encoders.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch
+from coperception.structures.records import AgentObservation
+from coperception.structures.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch, CameraSample
 from coperception.errors import ConfigError, FormatError
 
 Modality = Literal["lidar", "camera", "lidar_camera"]
@@ -102,34 +102,6 @@ class ModalityConfig:
         kinds = [self.of(scenario, a, i == 0) for i, a in enumerate(agents)]
         return (np.array(["lidar" in k for k in kinds], dtype=bool),
                 np.array(["camera" in k for k in kinds], dtype=bool))
-
-
-@dataclass
-class CameraSample:
-    """The camera side of one sample of A agents, padded to N cameras each.
-
-    images: (A, N, 3, H, W) uint8 RGB resized to ``image_hw``; intrinsics: (A, N, 3, 3) float32
-    K of the original images; lidar_from_camera: (A, N, 4, 4) float32; image_scale: (A, N, 2)
-    ``(W / W0, H / H0)``; camera_mask: (A, N) bool (False: padding, or an agent that does not use
-    cameras); depth: (A, N, H, W) float32 metres, 0 = no target, or None; has_lidar, has_camera:
-    (A,) bool, the agents' modalities.
-    """
-
-    images: torch.Tensor
-    intrinsics: torch.Tensor
-    lidar_from_camera: torch.Tensor
-    image_scale: torch.Tensor
-    camera_mask: torch.Tensor
-    depth: torch.Tensor | None
-    has_lidar: torch.Tensor
-    has_camera: torch.Tensor
-
-    def augmented(self, matrix: np.ndarray) -> "CameraSample":
-        """Extrinsics moved by a (4, 4) global augmentation ``G`` (or one (A, 4, 4) change of
-        frame per agent): ``G @ lidar_from_camera``."""
-        g = torch.as_tensor(matrix, dtype=torch.float64)
-        g = g[:, None] if g.ndim == 3 else g
-        return replace(self, lidar_from_camera=(g @ self.lidar_from_camera.double()).float())
 
 
 def _resize(image: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:

@@ -50,18 +50,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from coperception.data.agent_frames import AGENT_FRAMES, move_points, reframe
+from coperception.data.agent_frames import AGENT_FRAMES, DEFAULT_AGENT_FRAME, move_points, reframe
 from coperception.data.augment import AugmentConfig, Augmentation, sample_augmentation
-from coperception.data.cameras import CameraSample, ModalityConfig, load_cameras, sample_depth
+from coperception.data.cameras import ModalityConfig, load_cameras, sample_depth
 from coperception.data.collate import collate_samples
 from coperception.data.noise import PoseNoise
-from coperception.data.pillars import Pillars
-from coperception.data.records import VEHICLE_CLASSES, AgentObservation, Frame, ObjectSet
-from coperception.data.voxelize import Voxels, pillarize, voxelize
+from coperception.structures.records import VEHICLE_CLASSES, AgentObservation, Frame, ObjectSet
+from coperception.structures.cells import Voxels
+from coperception.data.voxelize import pillarize, voxelize
 from coperception.errors import ConfigError, FormatError
 from coperception.geometry.boxes import boxes_in_range_mask, transform_boxes
 from coperception.geometry.grid import BEVGrid
 from coperception.geometry.pose import relative_transform
+from coperception.structures.camera import CameraSample
+from coperception.structures.sample import CooperativeSample, Targets
 
 logger = logging.getLogger(__name__)
 
@@ -69,62 +71,6 @@ FUSION_MODES = ("early", "intermediate", "late")
 VOXELIZATIONS = ("pillars", "voxels", "none")
 #: OpenCOOD's ``mask_ego_points`` box (xmin, ymin, xmax, ymax), metres in the LiDAR frame.
 SELF_HIT_BOX = (-1.95, -1.1, 2.95, 1.1)
-
-
-@dataclass
-class Targets:
-    """Ground-truth objects as tensors. boxes: (N, 7) float32; ids, classes: (N,) int64."""
-
-    boxes: torch.Tensor
-    ids: torch.Tensor
-    classes: torch.Tensor
-
-    @staticmethod
-    def from_objects(objects: ObjectSet) -> "Targets":
-        return Targets(torch.from_numpy(objects.boxes.astype(np.float32)), torch.from_numpy(objects.ids),
-                       torch.from_numpy(objects.classes))
-
-
-@dataclass
-class CooperativeSample:
-    """One frame ready for a detector.
-
-    agent_ids: the A agents used, ego first.
-    is_infrastructure: (A,) bool.
-    ego_from_agent: (A, 4, 4) float32, noisy poses (what fusion must use).
-    ego_from_agent_clean: (A, 4, 4) float32, true poses.
-    gt: ground truth in the ego frame.
-    cells: pillars / voxels of the clouds (only with ``voxelize_in="sample"``): one cloud per agent
-        (intermediate, late) or one fused ego-frame cloud (early); cell agent index = cloud index.
-    points: the clouds, (P_c, 4) each, when asked for (``return_points``) or not voxelised.
-    agent_gt: late fusion: each agent's ground truth in its own frame; else None.
-    cameras: the agents' modalities, images and calibrations when the dataset's ``modality`` uses
-        cameras (see :mod:`coperception.data.cameras`); None: every agent is LiDAR-only.
-    world_from_agent: (A, 4, 4) float64 world poses as the agents announce them (pose noise
-        included, the ego's exact; not augmented): what messages carry, so that a stale message
-        can be warped with the pose it was captured at.
-    """
-
-    key: tuple[str, int]
-    fusion: str
-    agent_ids: tuple[str, ...]
-    is_infrastructure: torch.Tensor
-    ego_from_agent: torch.Tensor
-    ego_from_agent_clean: torch.Tensor
-    gt: Targets
-    cells: Pillars | Voxels | None
-    points: list[torch.Tensor] | None
-    agent_gt: list[Targets] | None
-    cameras: CameraSample | None = None
-    world_from_agent: torch.Tensor | None = None
-
-    @property
-    def num_agents(self) -> int:
-        return len(self.agent_ids)
-
-    @property
-    def num_clouds(self) -> int:
-        return 1 if self.fusion == "early" else len(self.agent_ids)
 
 
 def select_agents(frame: Frame, comm_range: float | None, max_agents: int) -> list[AgentObservation]:
@@ -187,7 +133,7 @@ class CooperativeDataset(Dataset):
                  self_hit_box: tuple[float, float, float, float] | None = SELF_HIT_BOX,
                  gt_visible_only: bool = True, on_error: str = "raise", agent_targets: bool | None = None,
                  classes: tuple[int, ...] | None = VEHICLE_CLASSES, modality: ModalityConfig | None = None,
-                 agent_frame: str = "own") -> None:
+                 agent_frame: str = DEFAULT_AGENT_FRAME) -> None:
         if fusion not in FUSION_MODES:
             raise ConfigError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
         if voxelization not in VOXELIZATIONS:

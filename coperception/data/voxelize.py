@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from coperception.data.pillars import Pillars, Voxels
+from coperception.structures.cells import Pillars, Voxels
 from coperception.geometry.grid import BEVGrid
 
 

@@ -18,7 +18,7 @@ from typing import Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from coperception.data.records import Frame
+from coperception.structures.records import Frame
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,23 @@
 """Per-agent sensor -> BEV encoders, chosen by name from :data:`ENCODERS`.
 
-Every encoder returns :class:`~coperception.encoders.base.BEVFeatures`. Adding one: a new module
-and one entry here.
+Every encoder subclasses :class:`~coperception.encoders.base.Encoder` (its name, input kind,
+output channels and stride are declared there) and returns
+:class:`~coperception.structures.bev.BEVFeatures`. Adding one: a new module and its class in the
+tuple below.
 """
 
 from coperception.encoders.backbone import BEVBackbone
-from coperception.encoders.base import BEVFeatures
-from coperception.encoders.camera import CameraBatch, CameraEncoder, camera_batch
+from coperception.encoders.base import INPUT_KINDS, Encoder
+from coperception.encoders.camera import CameraEncoder
 from coperception.encoders.multimodal import MultiModalEncoder, MultiModalFeatures
 from coperception.encoders.pointpillars import PillarFeatureNet, PointPillarsEncoder, scatter_to_bev
 from coperception.encoders.second import SECONDEncoder
 from coperception.encoders.sparse_conv import SparseConv3d, SparseTensor
 
-ENCODERS: dict[str, type] = {
-    "pointpillars": PointPillarsEncoder,
-    "second": SECONDEncoder,
-    "camera": CameraEncoder,
-    "multimodal": MultiModalEncoder,
-}
+#: Encoders by name (each class's ``name``).
+ENCODERS: dict[str, type[Encoder]] = {cls.name: cls for cls in (
+    PointPillarsEncoder, SECONDEncoder, CameraEncoder, MultiModalEncoder)}
 
-__all__ = ["ENCODERS", "BEVBackbone", "BEVFeatures", "CameraBatch", "CameraEncoder", "MultiModalEncoder",
-           "MultiModalFeatures", "PillarFeatureNet",
-           "PointPillarsEncoder", "SECONDEncoder", "SparseConv3d", "SparseTensor", "camera_batch", "scatter_to_bev"]
+__all__ = ["ENCODERS", "INPUT_KINDS", "BEVBackbone", "CameraEncoder", "Encoder", "MultiModalEncoder",
+           "MultiModalFeatures", "PillarFeatureNet", "PointPillarsEncoder", "SECONDEncoder", "SparseConv3d",
+           "SparseTensor", "scatter_to_bev"]

@@ -25,103 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coperception.data.records import AgentObservation
+from coperception.structures.records import AgentObservation
 from coperception.encoders.backbone import BEVBackbone
-from coperception.encoders.base import BEVFeatures
-from coperception.encoders.lss import DepthBins, feature_pixels, lift_points, scale_intrinsics, splat_frustum
+from coperception.encoders.base import Encoder
+from coperception.structures.bev import BEVFeatures
+from coperception.encoders.lss import DepthBins, feature_pixels, lift_points, splat_frustum
+from coperception.structures.camera import CameraBatch
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
-
-#: Per-channel RGB mean and std used to normalise images (the usual ImageNet statistics).
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class CameraBatch:
-    """The cameras of A agents, padded to N cameras each.
-
-    images: (A, N, 3, H, W) float, RGB in [0, 1] normalised by :data:`IMAGE_MEAN` / :data:`IMAGE_STD`.
-    intrinsics: (A, N, 3, 3) K of the **original** images (as in ``Camera.intrinsic``).
-    lidar_from_camera: (A, N, 4, 4) camera (OpenCV axes) -> agent LiDAR frame.
-    image_scale: (A, N, 2) resize factors ``(W / W0, H / H0)`` from the original images to (H, W);
-        a float or a pair is broadcast.
-    camera_mask: (A, N) bool, False for padding; None means every camera is real.
-    """
-
-    images: torch.Tensor
-    intrinsics: torch.Tensor
-    lidar_from_camera: torch.Tensor
-    image_scale: torch.Tensor | float | tuple[float, float] = 1.0
-    camera_mask: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.images.ndim != 5 or self.images.shape[2] != 3:
-            raise ConfigError(f"CameraBatch.images must be (A, N, 3, H, W), got {tuple(self.images.shape)}")
-        a, n = self.images.shape[:2]
-        if self.intrinsics.shape != (a, n, 3, 3) or self.lidar_from_camera.shape != (a, n, 4, 4):
-            raise ConfigError(f"CameraBatch needs intrinsics (A, N, 3, 3) and lidar_from_camera (A, N, 4, 4) for "
-                              f"images {tuple(self.images.shape)}, got {tuple(self.intrinsics.shape)} and "
-                              f"{tuple(self.lidar_from_camera.shape)}")
-        device = self.images.device
-        scale = torch.as_tensor(self.image_scale, dtype=torch.float32, device=device)
-        try:
-            self.image_scale = scale.expand(a, n, 2).contiguous()
-        except RuntimeError:
-            raise ConfigError(f"CameraBatch.image_scale must broadcast to (A, N, 2) = {(a, n, 2)}, "
-                              f"got shape {tuple(scale.shape)}") from None
-        if self.camera_mask is None:
-            self.camera_mask = torch.ones(a, n, dtype=torch.bool, device=device)
-        elif self.camera_mask.shape != (a, n):
-            raise ConfigError(f"CameraBatch.camera_mask must be (A, N) = {(a, n)}, got {tuple(self.camera_mask.shape)}")
-
-    @property
-    def num_agents(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def image_hw(self) -> tuple[int, int]:
-        return int(self.images.shape[-2]), int(self.images.shape[-1])
-
-    def to(self, device: torch.device | str) -> "CameraBatch":
-        return CameraBatch(self.images.to(device), self.intrinsics.to(device), self.lidar_from_camera.to(device),
-                           self.image_scale.to(device), self.camera_mask.to(device))
-
-    def flat_cameras(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The M real cameras: images (M, 3, H, W), resized K (M, 3, 3), lidar_from_camera (M, 4, 4), agent (M,)."""
-        mask = self.camera_mask.to(self.images.device)
-        k = scale_intrinsics(self.intrinsics.float(), self.image_scale)
-        agent = mask.nonzero()[:, 0]
-        return self.images[mask], k[mask], self.lidar_from_camera.float()[mask], agent
-
-
-def camera_batch(observations: Sequence[AgentObservation], image_hw: tuple[int, int],
-                 device: torch.device | str = "cpu") -> CameraBatch:
-    """Stack the agents' cameras, resized to ``image_hw`` (bilinear, antialiased) and normalised.
-
-    Agents with fewer cameras are padded; each camera needs an image.
-    """
-    n = max((len(o.cameras) for o in observations), default=0)
-    a, (H, W) = len(observations), image_hw
-    images = torch.zeros(a, max(n, 1), 3, H, W)
-    intr = torch.eye(3).repeat(a, max(n, 1), 1, 1)
-    pose = torch.eye(4).repeat(a, max(n, 1), 1, 1)
-    scale = torch.ones(a, max(n, 1), 2)
-    mask = torch.zeros(a, max(n, 1), dtype=torch.bool)
-    mean, std = torch.tensor(IMAGE_MEAN).view(3, 1, 1), torch.tensor(IMAGE_STD).view(3, 1, 1)
-    for i, obs in enumerate(observations):  # a handful of cameras: per-image resize is the natural unit
-        for j, cam in enumerate(obs.cameras):
-            if cam.image is None:
-                raise ConfigError(f"agent {obs.agent_id} camera {cam.name} has no image")
-            img = torch.as_tensor(cam.image).permute(2, 0, 1).float().div(255.0)
-            h0, w0 = img.shape[-2:]
-            img = F.interpolate(img[None], size=(H, W), mode="bilinear", align_corners=False, antialias=True)[0]
-            images[i, j] = (img - mean) / std
-            intr[i, j] = torch.as_tensor(cam.intrinsic, dtype=torch.float32)
-            pose[i, j] = torch.as_tensor(cam.lidar_from_camera, dtype=torch.float32)
-            scale[i, j] = torch.tensor([W / w0, H / h0])
-            mask[i, j] = True
-    return CameraBatch(images, intr, pose, scale, mask).to(device)
 
 
 def _conv_bn(c_in: int, c_out: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -168,7 +79,7 @@ class ImageBackbone(nn.Module):
         return self.merge(torch.cat([up, feats[-2]], dim=1))
 
 
-class CameraEncoder(nn.Module):
+class CameraEncoder(Encoder):
     """Camera images of A agents -> :class:`BEVFeatures` (A, C, H, W) at ``splat_stride * backbone stride``.
 
     grid: the BEV grid (its z range bounds the frustum points kept); image_channels / neck_channels:
@@ -177,6 +88,9 @@ class CameraEncoder(nn.Module):
     remaining arguments go to :class:`BEVBackbone` (defaults = PointPillars', hence the same
     stride 2 and 384 channels on the same grid).
     """
+
+    name = "camera"
+    input_kind = "cameras"
 
     def __init__(self, grid: BEVGrid, image_channels: Sequence[int] = (32, 64, 128, 256), neck_channels: int = 128,
                  context_channels: int = 64, depth_bins: Sequence[float] = (1.0, 60.0, 1.0), splat_stride: int = 1,

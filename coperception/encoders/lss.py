@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.camera import scale_intrinsics
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,6 @@ class DepthBins:
         k = torch.floor((depth - self.start) / self.step)
         ok = torch.isfinite(k) & (k >= 0) & (k < self.num)
         return torch.where(ok, k, torch.full_like(k, -1)).to(torch.int64)
-
-
-def scale_intrinsics(intrinsics: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) K of the original images and (..., 2) resize factors (s_x, s_y) -> K of the resized ones."""
-    s = torch.cat([scale, torch.ones_like(scale[..., :1])], dim=-1)
-    return intrinsics * s.unsqueeze(-1)
 
 
 def feature_pixels(feature_hw: tuple[int, int], image_hw: tuple[int, int],

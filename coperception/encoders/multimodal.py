@@ -20,25 +20,26 @@ images, HEAL / BEVDepth-style depth supervision) comes back in ``aux_losses`` of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coperception.data.pillars import Pillars
-from coperception.encoders.base import BEVFeatures
-from coperception.encoders.camera import CameraBatch, CameraEncoder
+from coperception.structures.cells import Pillars
+from coperception.structures.batch import CooperativeBatch
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.camera import CameraBatch
+from coperception.encoders.base import Encoder
+from coperception.encoders.camera import CameraEncoder
 from coperception.encoders.lss import DepthBins, depth_loss
 from coperception.encoders.pointpillars import PointPillarsEncoder
 from coperception.encoders.second import SECONDEncoder
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
 
-if TYPE_CHECKING:  # collate imports the encoders package
-    from coperception.data.collate import CooperativeBatch
-
-LIDAR_ENCODERS: dict[str, type] = {"pointpillars": PointPillarsEncoder, "second": SECONDEncoder}
+#: the LiDAR encoders a multimodal encoder can use, by their registry names.
+LIDAR_ENCODERS: dict[str, type[Encoder]] = {cls.name: cls for cls in (PointPillarsEncoder, SECONDEncoder)}
 
 
 @dataclass
@@ -81,7 +82,7 @@ def _aligner(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-class MultiModalEncoder(nn.Module):
+class MultiModalEncoder(Encoder):
     """LiDAR and / or camera agents of a batch -> :class:`MultiModalFeatures` (A, C, H, W), rows in batch order.
 
     grid: the shared BEV grid. lidar / camera: constructor arguments of the LiDAR encoder
@@ -91,13 +92,29 @@ class MultiModalEncoder(nn.Module):
     aligner. depth_weight: weight of ``loss_depth`` (0: no depth supervision).
     """
 
-    consumes_batch = True
+    name = "multimodal"
+    input_kind = "batch"
     #: a batch may hold no camera (or no LiDAR) agent, leaving that branch's parameters without
     #: gradients: DDP must be told (the trainer reads this flag).
     may_leave_parameters_unused = True
 
+    @classmethod
+    def nested_components(cls, args: dict[str, Any]) -> dict[str, type[Encoder]]:
+        """The classes the ``lidar`` / ``camera`` argument dicts are given to (checked at load)."""
+        name = args.get("lidar_encoder", "pointpillars")
+        if name not in LIDAR_ENCODERS:
+            raise ConfigError(f"lidar_encoder {name!r} unknown; known: {sorted(LIDAR_ENCODERS)}")
+        return {"lidar": LIDAR_ENCODERS[name], "camera": CameraEncoder}
+
+    @classmethod
+    def cells_for(cls, args: dict[str, Any]) -> str | None:
+        name = args.get("lidar_encoder", "pointpillars")
+        if args.get("lidar") is None or name not in LIDAR_ENCODERS:
+            return None
+        return LIDAR_ENCODERS[name].input_kind
+
     def __init__(self, grid: BEVGrid, lidar: dict[str, Any] | None = None, camera: dict[str, Any] | None = None,
-                 lidar_encoder: Literal["pointpillars", "second"] = "pointpillars", out_channels: int | None = None,
+                 lidar_encoder: str = "pointpillars", out_channels: int | None = None,
                  combine: Literal["sum", "concat"] = "sum", depth_weight: float = 1.0) -> None:
         super().__init__()
         if lidar is None and camera is None:

@@ -21,9 +21,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from coperception.data.pillars import Pillars
+from coperception.structures.cells import Pillars
 from coperception.encoders.backbone import BEVBackbone
-from coperception.encoders.base import BEVFeatures
+from coperception.encoders.base import Encoder
+from coperception.structures.bev import BEVFeatures
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
 
@@ -188,13 +189,16 @@ def scatter_conv2d(features: torch.Tensor, coords: torch.Tensor, num_agents: int
     return out.view(num_agents, ho, wo, conv.out_channels).permute(0, 3, 1, 2).contiguous()
 
 
-class PointPillarsEncoder(nn.Module):
+class PointPillarsEncoder(Encoder):
     """Pillars of A agents -> :class:`BEVFeatures` (A, C, H, W) at the backbone's stride.
 
     grid: the BEV grid (must equal the voxeliser's); vfe_filters: PillarFeatureNet widths
     (OpenCOOD: [64]); the remaining arguments go to :class:`BEVBackbone` unchanged. With the
     defaults a 0.4 m grid gives 384 channels at stride 2 (0.8 m cells).
     """
+
+    name = "pointpillars"
+    input_kind = "pillars"
 
     def __init__(self, grid: BEVGrid, vfe_filters: Sequence[int] = (64,), use_norm: bool = True,
                  use_absolute_xyz: bool = True, with_distance: bool = False,

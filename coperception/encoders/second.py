@@ -22,9 +22,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from coperception.data.voxelize import Voxels
+from coperception.structures.cells import Voxels
 from coperception.encoders.backbone import BEVBackbone
-from coperception.encoders.base import BEVFeatures
+from coperception.encoders.base import Encoder
+from coperception.structures.bev import BEVFeatures
 from coperception.encoders.sparse_conv import (SparseBNReLU, SparseConv3d, SparseConvBlock, SparseTensor,
                                                conv_output_shape, sparse_to_dense)
 from coperception.errors import ConfigError
@@ -128,7 +129,7 @@ def _pad3(p: int | tuple[int, int, int]) -> tuple[int, int, int]:
     return (p, p, p) if isinstance(p, int) else p
 
 
-class SECONDEncoder(nn.Module):
+class SECONDEncoder(Encoder):
     """Voxels of A agents -> :class:`BEVFeatures` (A, C, H, W) at stride ``8 * backbone stride``.
 
     grid: the voxel grid (must equal the voxeliser's; HEAL m3: 0.1 m voxels). sparse_channels /
@@ -138,6 +139,9 @@ class SECONDEncoder(nn.Module):
     ``sparse_out_channels * D_out`` channels. The defaults give 384 channels at stride 8, i.e.
     0.8 m cells on a 0.1 m grid: the same map geometry as PointPillars' defaults on a 0.4 m grid.
     """
+
+    name = "second"
+    input_kind = "voxels"
 
     def __init__(self, grid: BEVGrid, sparse_channels: Sequence[int] = (16, 32, 64, 64),
                  sparse_blocks: Sequence[int] = (1, 2, 2, 2), sparse_out_channels: int = 128,

@@ -5,13 +5,7 @@ encoding, decoding and fusion on those maps (``CooperativeDetector.communicate``
 N points costs one backbone pass plus N cheap fusion/head passes per frame. Bytes are
 ``len(wire.encode(message))`` of every transmission -- requests and supply maps included.
 
-A strategy is given as a spec string:
-
-* ``single`` -- the ego alone (0 bytes), the lower bound;
-* ``late`` / ``dense`` / ``where2comm`` / ``supply_demand`` / ``codebook`` -- a strategy with its
-  default arguments, optionally ``name:key=value,key=value`` (values parsed as YAML scalars);
-* ``ckpt:PATH`` -- the communication strategy of a trained checkpoint (its config's ``model.comm``
-  and its learned weights: codebook, compressor), e.g. a CodeFilling stage-2 run.
+Points are made from spec strings by :func:`coperception.engine.sweep.parse_strategy`.
 """
 
 from __future__ import annotations
@@ -22,12 +16,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
-import yaml
 
 from coperception.comm.select import Strategy
-from coperception.comm.strategies import STRATEGIES, build_strategy
 from coperception.comm.volume import CommStats
-from coperception.errors import ConfigError
 from coperception.eval.ap import APEvaluator, APResult
 from coperception.geometry.boxes import boxes_in_range_mask
 
@@ -52,37 +43,6 @@ class SweepPoint:
                 "mbps_per_link": s.mbps_per_link, "comm": s.as_dict()}
 
 
-def parse_strategy(spec: str, model, device: torch.device | str = "cpu") -> tuple[str, Strategy | None, str]:
-    """A spec string (see the module docstring) -> (label, strategy or None, inference mode)."""
-    grid, stride, channels = model.head.grid, model.head.stride, model.encoder.out_channels
-    if spec == "single":
-        return "single", None, "single"
-    if spec.startswith("ckpt:"):
-        from coperception.models.experiment import load_detector
-        cfg, other = load_detector(spec[5:], device)
-        if cfg.model.comm is None:
-            raise ConfigError(f"{spec[5:]}: its config has no model.comm strategy")
-        if other.encoder.out_channels != channels or other.head.grid != grid or other.head.stride != stride:
-            raise ConfigError(f"{spec[5:]}: its strategy is for {other.encoder.out_channels} channels on "
-                              f"{other.head.grid} / stride {other.head.stride}; this model has {channels} on "
-                              f"{grid} / stride {stride}")
-        return cfg.name, other.comm, "intermediate"
-    name, _, arg_text = spec.partition(":")
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy spec {spec!r}: unknown strategy {name!r}; known: single, ckpt:PATH, "
-                          f"{', '.join(sorted(STRATEGIES))}")
-    args = {}
-    for item in filter(None, arg_text.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(f"strategy spec {spec!r}: {item!r} is not key=value")
-        args[key.strip()] = yaml.safe_load(value)
-    from coperception.config import check_constructor_args
-    check_constructor_args(STRATEGIES[name], args, f"strategy spec {spec!r}")
-    strat = build_strategy(name, channels, grid, stride, **args).to(device).eval()
-    return spec, strat, "late" if name == "late" else "intermediate"
-
-
 def run_sweep(model, batches: Iterable, points: Sequence[SweepPoint], *, lidar_range: Sequence[float],
               iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7), global_sort: bool = True,
               score_threshold: float = 0.2, nms_threshold: float = 0.15, device: torch.device | str = "cpu",
@@ -102,8 +62,7 @@ def run_sweep(model, batches: Iterable, points: Sequence[SweepPoint], *, lidar_r
                 if p.strategy is None:
                     out = model.infer(batch, "single", **decode)
                 else:
-                    strat = model._late if p.mode == "late" else p.strategy
-                    out = model.communicate(batch, feats, strat, p.budget, None, frame, decode)
+                    out = model.communicate(batch, feats, p.strategy, p.budget, None, frame, decode)
                 for b, dets in enumerate(out.detections):
                     keep = boxes_in_range_mask(dets.boxes, lidar_range, min_corners=8, use_z=False)
                     gt = batch.gt_boxes[b][batch.gt_mask[b]].double().cpu().numpy()

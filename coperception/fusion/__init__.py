@@ -15,7 +15,7 @@ from coperception.fusion.early import fuse_points
 from coperception.fusion.intermediate import (AttentionFusion, BEVFusion, ConfidenceFusion, FCooperFusion, MaxFusion,
                                               MultiScaleFusion, Where2commFusion, stack_agents)
 from coperception.fusion.late import LateFusion, fuse_detections, fuse_received_boxes
-from coperception.fusion.warp import warp_to_ego, warp_with_valid
+from coperception.geometry.warp import warp_to_ego, warp_with_valid
 
 #: Intermediate (BEV-map) fusion methods by name.
 FUSIONS: dict[str, type[BEVFusion]] = {

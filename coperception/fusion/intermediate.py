@@ -7,7 +7,7 @@ Every module here has one interface (:class:`BEVFusion`)::
 
 The agents of one sample are contiguous and the ego comes first. Each map is in its agent's own
 frame; the module warps all of them to the ego's cells in one batched ``grid_sample``
-(:mod:`coperception.fusion.warp`), stacks them as (B, L, C, H, W) with L the largest agent count,
+(:mod:`coperception.geometry.warp`), stacks them as (B, L, C, H, W) with L the largest agent count,
 and reduces over agents per location. ``mask`` is an optional per-agent selection (1 = cell sent,
 in the sender's frame, e.g. Where2comm's request/confidence mask); masked-out cells are zeroed
 and, for the methods that look at coverage, count as not observed. A new method subclasses
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coperception.errors import ConfigError
-from coperception.fusion.warp import WARP_MODES, warp_with_valid
+from coperception.geometry.warp import WARP_MODES, warp_with_valid
 from coperception.geometry.grid import BEVGrid
 
 

@@ -5,7 +5,7 @@ Open Benchmark Dataset and Fusion Pipeline for Perception with Vehicle-to-Vehicl
 Communication"): each agent detects on its own data and sends its boxes; the ego projects them
 with ``ego_from_agent`` (:func:`coperception.geometry.boxes.transform_boxes`: rigid centre,
 ``yaw += yaw of the transform``), concatenates all agents' boxes and runs greedy rotated BEV NMS
-(:func:`coperception.heads.nms.nms`, IoU threshold 0.15 and the top 1000 boxes as in OpenCOOD).
+(:func:`coperception.geometry.nms.nms`, IoU threshold 0.15 and the top 1000 boxes as in OpenCOOD).
 NMS is class-aware by default: boxes of different labels are moved apart before NMS so that they
 never suppress each other. An optional range filter keeps boxes whose 8 corners lie inside the
 ego's range, as OpenCOOD does after NMS.
@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from coperception.data.records import Detections
+from coperception.structures.records import Detections
 from coperception.errors import ConfigError
 from coperception.geometry.boxes import boxes_in_range_mask, transform_boxes
-from coperception.heads.nms import nms
+from coperception.geometry.nms import nms
 
 
 def _separate_labels(boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from coperception import config as cfgio
+from coperception.comm.strategies import STRATEGIES
+from coperception.data.agent_frames import DEFAULT_AGENT_FRAME
 from coperception.data.augment import AugmentConfig
 from coperception.data.cameras import ModalityConfig
 from coperception.data.noise import PoseNoise
+from coperception.encoders import ENCODERS
 from coperception.errors import ConfigError
+from coperception.fusion import FUSIONS
+from coperception.heads import HEADS
+from coperception.heads.detection_head import DEFAULT_MAX_BOX_EXTENT
 from coperception.geometry.grid import BEVGrid
 from coperception.train.trainer import TrainConfig
 
@@ -44,7 +50,7 @@ class DataConfig:
     #: the frame a collaborator's cloud is encoded in: "ego_heading" (its origin, the ego's axes;
     #: fusion warps by a translation only), "own" (its LiDAR frame) or "ego" (OpenCOOD's
     #: proj_first); see coperception.data.dataset.
-    agent_frame: Literal["own", "ego_heading", "ego"] = "ego_heading"
+    agent_frame: Literal["own", "ego_heading", "ego"] = DEFAULT_AGENT_FRAME
     #: where clouds become pillars / voxels: "loader" (DataLoader workers; the batch carries
     #: padded cells), "device" (the batch carries the raw clouds, ~10x fewer bytes to pin and
     #: copy, and the detector groups them on its device) or "auto" (device when CUDA is available).
@@ -65,13 +71,16 @@ class Component:
 
 @dataclass(frozen=True)
 class HeadConfig:
+    """The detection head: ``name`` in the HEADS registry and its anchors / assignment / filters."""
+
+    name: str = "anchor"
     anchor_sizes: tuple[tuple[float, float, float], ...] = ((4.5, 2.0, 1.56),)
     anchor_z: float = -1.0
     anchor_rotations_deg: tuple[float, ...] = (0.0, 90.0)
     use_direction: bool = True
     pos_threshold: float = 0.6
     neg_threshold: float = 0.45
-    max_box_extent: float | None = 12.0  # OpenCOOD drops > 6 m; the embedded town has trucks
+    max_box_extent: float | None = DEFAULT_MAX_BOX_EXTENT
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,8 @@ class ModelConfig:
     #: communication strategy of intermediate fusion (comm.strategies.STRATEGIES name + args);
     #: None = dense fp32 maps.
     comm: Component | None = None
+    #: the strategy of late inference (one that sends boxes).
+    late_comm: Component = Component("late")
 
 
 @dataclass(frozen=True)
@@ -120,33 +131,29 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 
 def validate_components(cfg: ExperimentConfig, source: str) -> None:
-    """Check registry names and constructor arguments now rather than at build time."""
-    from coperception.encoders import ENCODERS
-    from coperception.fusion import FUSIONS
-
-    enc = cfg.model.encoder
-    if enc.name not in ENCODERS:
-        raise ConfigError(f"{source}: model.encoder.name {enc.name!r} unknown; known: {sorted(ENCODERS)}")
-    cfgio.check_constructor_args(ENCODERS[enc.name], enc.args,
-                                 f"{source}: model.encoder.args")
+    """Check registry names and constructor arguments -- nested component arguments too (a
+    multimodal encoder's ``lidar`` / ``camera`` dicts) -- now rather than at build time."""
+    m = cfg.model
+    enc, fus = m.encoder, m.fusion
+    _check_component("model.encoder", enc, ENCODERS, source)
     modality = cfg.data.modality
-    if modality is not None and modality.uses_cameras and not getattr(ENCODERS[enc.name], "consumes_batch", False):
+    if modality is not None and modality.uses_cameras and ENCODERS[enc.name].input_kind not in ("cameras", "batch"):
         raise ConfigError(f"{source}: data.modality gives agents cameras, but model.encoder {enc.name!r} reads "
                           f"LiDAR cells only; use 'multimodal'")
-    fus = cfg.model.fusion
+    if m.head.name not in HEADS:
+        raise ConfigError(f"{source}: model.head.name {m.head.name!r} unknown; known: {sorted(HEADS)}")
     if fus is not None:
-        if fus.name not in FUSIONS:
-            raise ConfigError(f"{source}: model.fusion.name {fus.name!r} unknown; known: {sorted(FUSIONS)}")
-        cfgio.check_constructor_args(FUSIONS[fus.name], fus.args, f"{source}: model.fusion.args")
-    comm = cfg.model.comm
-    if comm is not None:
-        from coperception.comm.strategies import STRATEGIES
-        if comm.name not in STRATEGIES:
-            raise ConfigError(f"{source}: model.comm.name {comm.name!r} unknown; known: {sorted(STRATEGIES)}")
-        cfgio.check_constructor_args(STRATEGIES[comm.name], comm.args, f"{source}: model.comm.args")
+        _check_component("model.fusion", fus, FUSIONS, source)
+    for key, comp in (("model.comm", m.comm), ("model.late_comm", m.late_comm)):
+        if comp is None:
+            continue
+        _check_component(key, comp, STRATEGIES, source)
         for reserved in ("channels", "grid", "stride"):
-            if reserved in comm.args:
-                raise ConfigError(f"{source}: model.comm.args.{reserved} is derived from the encoder; remove it")
+            if reserved in comp.args:
+                raise ConfigError(f"{source}: {key}.args.{reserved} is derived from the encoder; remove it")
+    if STRATEGIES[m.late_comm.name].sends_features:
+        raise ConfigError(f"{source}: model.late_comm {m.late_comm.name!r} sends features; late inference needs a "
+                          f"strategy that sends boxes")
     if cfg.eval.budget_bytes is not None and cfg.eval.budget_bytes < 0:
         raise ConfigError(f"{source}: eval.budget_bytes must be >= 0, got {cfg.eval.budget_bytes}")
     if cfg.fusion_mode == "intermediate" and fus is None:
@@ -155,3 +162,31 @@ def validate_components(cfg: ExperimentConfig, source: str) -> None:
         for label, comp in (("encoder", enc), ("fusion", fus)):
             if comp is not None and reserved in comp.args:
                 raise ConfigError(f"{source}: model.{label}.args.{reserved} is derived from data; remove it")
+
+
+def _check_component(key: str, comp: Component, registry: dict[str, type], source: str) -> None:
+    """``comp.name`` in ``registry`` and its arguments accepted by the class -- recursively for the
+    arguments the class declares as nested components (``nested_components(args)``: argument name
+    -> the class its dict is given to)."""
+    if comp.name not in registry:
+        raise ConfigError(f"{source}: {key}.name {comp.name!r} unknown; known: {sorted(registry)}")
+    cls = registry[comp.name]
+    cfgio.check_constructor_args(cls, comp.args, f"{source}: {key}.args")
+    _check_nested(cls, comp.args, f"{source}: {key}.args")
+
+
+def _check_nested(cls: type, args: dict[str, Any], where: str) -> None:
+    nested = getattr(cls, "nested_components", None)
+    if nested is None:
+        return
+    for arg, sub_cls in nested(args).items():
+        sub_args = args.get(arg)
+        if sub_args is None:
+            continue
+        if not isinstance(sub_args, dict):
+            raise ConfigError(f"{where}.{arg} must be a mapping of {sub_cls.__name__} arguments, got {sub_args!r}")
+        cfgio.check_constructor_args(sub_cls, sub_args, f"{where}.{arg}")
+        for reserved in ("grid", "stride"):
+            if reserved in sub_args:
+                raise ConfigError(f"{where}.{arg}.{reserved} is derived from data; remove it")
+        _check_nested(sub_cls, sub_args, f"{where}.{arg}")

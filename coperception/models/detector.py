@@ -24,22 +24,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from coperception.comm.channel import latest_per_sender
-from coperception.comm.message import Message, SparseCells
-from coperception.comm.select import SampleView, Sent, Strategy, split_parts
+from coperception.comm.runtime import check_channel, exchange, occupancy_maps
+from coperception.comm.select import SampleView, Sent, Strategy
 from coperception.comm.strategies import DenseStrategy, LateStrategy
-from coperception.comm.wire import decode
-from coperception.data.collate import CooperativeBatch
-from coperception.data.records import Detections
-from coperception.encoders.base import BEVFeatures
+from coperception.comm.message import Message
+from coperception.encoders.base import Encoder
 from coperception.errors import ConfigError
 from coperception.fusion.late import fuse_received_boxes
-from coperception.heads.detection_head import AnchorHead
+from coperception.heads.base import Head
+from coperception.structures.batch import CooperativeBatch
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.records import Detections
 
 Mode = Literal["single", "early", "late", "intermediate"]
 
@@ -55,15 +53,16 @@ class CooperativeDetector(nn.Module):
     head: AnchorHead on the encoder's grid and stride; mode: the training mode;
     single_loss_weight: weight of the per-agent loss in intermediate training (0 disables it);
     comm: the communication strategy of intermediate inference (default: dense fp32 maps).
+    late_comm: the strategy of late inference, one that sends boxes (default: ``late``, scores first).
     voxelizer: ``clouds -> cells`` for batches that carry raw clouds instead of cells (the dataset
         built with ``voxelization="none"``): the clouds are grouped on the batch's device, e.g.
         the GPU, instead of in the DataLoader workers.
     post_fusion: a module applied to every fused map before the head (:class:`PostFusion`).
     """
 
-    def __init__(self, encoder: nn.Module, head: AnchorHead, fusion: nn.Module | None = None, *,
+    def __init__(self, encoder: Encoder, head: Head, fusion: nn.Module | None = None, *,
                  mode: Mode = "intermediate", single_loss_weight: float = 1.0, comm: Strategy | None = None,
-                 voxelizer=None, post_fusion: nn.Module | None = None) -> None:
+                 late_comm: Strategy | None = None, voxelizer=None, post_fusion: nn.Module | None = None) -> None:
         super().__init__()
         if mode == "intermediate" and fusion is None:
             raise ConfigError("intermediate mode needs a fusion module")
@@ -71,7 +70,9 @@ class CooperativeDetector(nn.Module):
         self.mode, self.single_loss_weight = mode, float(single_loss_weight)
         channels, grid, stride = encoder.out_channels, head.grid, head.stride
         self.comm = comm if comm is not None else DenseStrategy(channels, grid, stride, "fp32")
-        self._late = LateStrategy(channels, grid, stride)
+        self.late_comm = late_comm if late_comm is not None else LateStrategy(channels, grid, stride)
+        if self.late_comm.sends_features:
+            raise ConfigError(f"late_comm must send boxes, got a feature strategy {type(self.late_comm).__name__}")
         self.voxelizer = voxelizer
         self.post_fusion = post_fusion
 
@@ -83,14 +84,9 @@ class CooperativeDetector(nn.Module):
 
     # -- shared steps --------------------------------------------------------------------------
     def encode(self, batch: CooperativeBatch) -> BEVFeatures:
-        """Every agent's BEV map. An encoder with ``consumes_batch = True`` (multi-sensor /
-        heterogeneous agents) reads the whole batch; a LiDAR encoder reads the voxelised cells."""
-        if getattr(self.encoder, "consumes_batch", False):
-            return self.encoder(batch)
-        batch = self.with_cells(batch)  # a batch that carries raw clouds is voxelised here
-        if batch.cells is None:
-            raise ConfigError("batch has no voxelised cells: build the dataset with voxelization enabled")
-        return self.encoder(batch.cells)
+        """Every agent's BEV map. A batch that carries raw clouds is voxelised first, whatever the
+        encoder (one path for every encoder: the multimodal encoder's LiDAR branch too)."""
+        return self.encoder.encode_batch(self.with_cells(batch))
 
     def fuse(self, feats: BEVFeatures, batch: CooperativeBatch, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self._fusion(feats.features, batch.agents_per_sample, batch.ego_from_agent, mask)
@@ -99,7 +95,7 @@ class CooperativeDetector(nn.Module):
         """Run the fusion module; one that ``needs_scores`` gets every map's detection confidence
         logits (max over anchors, detached) from the shared head -- ``cls_logits`` when the head
         already ran on exactly these maps."""
-        if not getattr(self.fusion, "needs_scores", False):
+        if not self.fusion.needs_scores:
             fused = self.fusion(maps, agents_per_sample, ego_from_agent, mask)
         else:
             if cls_logits is None:
@@ -128,7 +124,7 @@ class CooperativeDetector(nn.Module):
         batch = self.with_cells(batch)
         feats = self.encode(batch)
         losses = self._mode_losses(feats, batch)
-        losses.update(getattr(feats, "aux_losses", {}))
+        losses.update(feats.aux_losses)
         return losses
 
     def _mode_losses(self, feats: BEVFeatures, batch: CooperativeBatch) -> dict[str, torch.Tensor]:
@@ -142,7 +138,7 @@ class CooperativeDetector(nn.Module):
         # The head on every unfused map only when something uses it (a 1x1 conv over all agents'
         # full-resolution maps is not free): the per-agent loss, the strategy's training mask,
         # or a fusion that weighs agents by their own confidence.
-        needs_scores = getattr(self.fusion, "needs_scores", False)
+        needs_scores = self.fusion.needs_scores
         agent_preds = (self.head(feats.features) if self.single_loss_weight > 0 or self.comm.trains_on_confidence
                        or needs_scores else None)
         conf = self.head.confidence_map(agent_preds).detach() if self.comm.trains_on_confidence else None
@@ -181,11 +177,8 @@ class CooperativeDetector(nn.Module):
             raise ConfigError(f"unknown inference mode {mode!r}")
         if mode == "intermediate" and self.fusion is None:
             raise ConfigError("this model has no fusion module: intermediate inference is impossible")
-        if channel is not None and (channel.latency or channel.jitter) and (
-                batch.world_from_agent is None or len(batch) != 1):
-            raise ConfigError("channel latency needs frames in time order one at a time (batch size 1) with "
-                              "world poses in the batch, so that a stale message is placed with its capture pose")
-        strat = self._late if mode == "late" else (strategy or self.comm)
+        check_channel(channel, len(batch), batch.world_from_agent is not None)
+        strat = self.late_comm if mode == "late" else (strategy or self.comm)
         return self.communicate(batch, feats, strat, budget, channel, frame_index, decode_args)
 
     @torch.no_grad()
@@ -196,7 +189,9 @@ class CooperativeDetector(nn.Module):
         preds = self.head(feats.features)
         conf = self.head.confidence_map(preds)
         dets = self.head.decode(preds, **decode_args) if strat.needs_detections or not strat.sends_features else None
-        occ = occupancy_maps(batch, self.head.grid, self.head.stride) if strat.needs_occupancy else None
+        occ = None
+        if strat.needs_occupancy:
+            occ = occupancy_maps(batch.cells, int(batch.agents_per_sample.sum()), self.head.grid, self.head.stride)
         counts = batch.agents_per_sample.tolist()
         transmissions, received, start = [], [], 0
         for b, count in enumerate(counts):
@@ -205,11 +200,9 @@ class CooperativeDetector(nn.Module):
             view = SampleView(batch.agent_ids[b], frame_index + b, feats.features[rows], conf[rows],
                               batch.ego_from_agent[rows], None if occ is None else occ[rows],
                               None if dets is None else dets[rows], world)
-            sends = strat.transmit(view, budget)
-            transmissions.append(sends)
-            arrived = _deliver(sends, str(batch.agent_ids[b][0]), channel, frame_index + b,
-                               None if world is None else view.pose(0))
-            received.append(strat.receive(arrived, feats.features.device))
+            result = exchange(strat, view, budget, channel, feats.features.device)
+            transmissions.append(result.sent)
+            received.append(result.received)
             start += count
         egos = ego_rows(batch.agents_per_sample)
         if strat.sends_features:
@@ -259,47 +252,6 @@ class PostFusion(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
-
-
-def _deliver(sends: list[Sent], ego: str, channel, frame: int, world_from_ego: np.ndarray | None) -> list[Message]:
-    """The decoded messages with content (features / boxes) that reach the ego this frame, newest
-    per sender, with poses in the ego frame.
-
-    Through ``channel`` if given (loss, bit errors, latency, pose noise), else every message
-    addressed to the ego, decoded from its bytes (the receiver never sees the sender's objects).
-    Messages announce world poses when ``world_from_ego`` is given: the ego places each one with
-    the pose it was captured at, relative to where the ego is now (a stale message's moving
-    objects are off by their motion, static ones land right).
-    """
-    if channel is None:
-        msgs = [decode(s.data) for s in sends if ego in s.receivers and s.message.sender_id != ego]
-    else:
-        for s in sends:
-            channel.broadcast(frame, s.message.sender_id, s.receivers, s.data)
-        msgs = channel.deliver(frame, ego)
-    msgs = latest_per_sender([m for m in msgs if _has_content(m)])
-    if world_from_ego is None:
-        return msgs
-    ego_from_world = np.linalg.inv(world_from_ego)
-    return [replace(m, world_from_lidar=ego_from_world @ m.world_from_lidar) for m in msgs]
-
-
-def _has_content(message: Message) -> bool:
-    return any(not (isinstance(p, SparseCells) and p.shape[0] == 0) for p in split_parts(message.payload))
-
-
-def occupancy_maps(batch: CooperativeBatch, grid, stride: int) -> torch.Tensor:
-    """(A, 1, H, W) LiDAR points per feature cell of every agent (from the pillars / voxels)."""
-    cells = batch.cells
-    if cells is None:
-        raise ConfigError("occupancy needs voxelised cells in the batch")
-    h1, w1 = grid.feature_shape(1)
-    n = int(batch.agents_per_sample.sum())
-    flat = (cells.coords[:, 0] * h1 + cells.coords[:, -2]) * w1 + cells.coords[:, -1]
-    occ = torch.zeros(n * h1 * w1, device=cells.coords.device)
-    occ.index_add_(0, flat, cells.num_points.float())
-    occ = occ.reshape(n, 1, h1, w1)
-    return F.avg_pool2d(occ, stride) * stride ** 2 if stride > 1 else occ
 
 
 @dataclass

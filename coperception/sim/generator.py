@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from coperception.data.records import Frame
+from coperception.structures.records import Frame
 from coperception.errors import ConfigError
 from coperception.sim.config import SimConfig
 

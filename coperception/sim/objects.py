@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coperception.data.records import OBJECT_CLASSES
+from coperception.structures.records import OBJECT_CLASSES
 
 CLASS_INDEX = {name: i for i, name in enumerate(OBJECT_CLASSES)}
 PARTS_PER_OBJECT = 2

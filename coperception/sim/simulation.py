@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from coperception.data.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
+from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
 from coperception.geometry.pose import se3_from_xyz_rpy
 from coperception.sim.camera import camera_groups, camera_mounts, camera_rig, render
 from coperception.sim.config import SimConfig

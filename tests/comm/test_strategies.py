@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coperception.comm.message import Boxes, CodebookIndices, SparseCells
-from coperception.comm.select import SampleView, gaussian_smooth, invert, warp_maps
+from coperception.geometry.warp import invert_rigid, warp_maps
+from coperception.comm.select import SampleView, gaussian_smooth
 from coperception.comm.strategies import STRATEGIES, build_strategy
 from coperception.comm.wire import decode, encode, min_message_bytes
-from coperception.data.records import Detections
+from coperception.structures.records import Detections
 from coperception.errors import BudgetError, ConfigError, WireError
 from coperception.geometry.grid import BEVGrid
 
@@ -219,7 +220,7 @@ def test_warp_helpers_round_trip_a_mask():
     mask = torch.zeros(1, 1, H, W)
     mask[0, 0, 10:14, 20:24] = 1
     tf = _pose(2.4, -1.6, math.pi / 2)[None]
-    back = warp_maps(warp_maps(mask, tf, GRID, STRIDE), invert(tf), GRID, STRIDE)
+    back = warp_maps(warp_maps(mask, tf, GRID, STRIDE), invert_rigid(tf), GRID, STRIDE)
     assert torch.equal(back, mask)
 
 

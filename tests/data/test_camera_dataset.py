@@ -15,7 +15,7 @@ from coperception.data.cameras import ModalityConfig, depth_images
 from coperception.data.dataset import CooperativeDataset
 from coperception.data.formats.memory import MemoryReader
 from coperception.data.formats.opv2v import OPV2VReader
-from coperception.encoders.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch
+from coperception.structures.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch
 from coperception.errors import ConfigError, FormatError
 from coperception.geometry.grid import BEVGrid
 
@@ -124,7 +124,7 @@ def test_augmentation_moves_extrinsics_with_the_points(camera_root):
 
 def test_random_assignment_is_seeded_and_stable():
     m = ModalityConfig(shares=(0.5, 0.5, 0.0), seed=1, image_hw=HW)
-    from coperception.data.records import AgentKind, AgentObservation
+    from coperception.structures.records import AgentKind, AgentObservation
     agents = [AgentObservation(str(i), AgentKind.VEHICLE, np.eye(4), np.zeros((0, 4), np.float32)) for i in range(64)]
     lidar, camera = m.assign("scene_a", agents)
     assert (lidar ^ camera).all() and 16 < camera.sum() < 48  # one modality each, roughly half cameras

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from coperception.data.collate import collate_samples, merge_cells
 from coperception.data.dataset import CooperativeDataset
 from coperception.data.formats.memory import MemoryReader
-from coperception.data.records import AgentKind, AgentObservation, Frame, ObjectSet
+from coperception.structures.records import AgentKind, AgentObservation, Frame, ObjectSet
 from coperception.data.voxelize import pillarize
 from coperception.geometry.grid import BEVGrid
 from coperception.geometry.pose import se3_from_xyz_rpy

@@ -13,7 +13,7 @@ import pytest
 from coperception.data.formats import dair_labels
 from coperception.data.formats.dair_pcd import read_dair_pcd, write_dair_pcd
 from coperception.data.formats.dair_v2x import INFRA_ID, VEHICLE_ID, DairV2XReader, DairV2XWriter, write_frame
-from coperception.data.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
+from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
 from coperception.errors import FormatError
 from coperception.geometry import se3_from_xyz_rpy, wrap_angle
 

@@ -13,7 +13,7 @@ from coperception.data.augment import AugmentConfig, Augmentation
 from coperception.data.dataset import CooperativeDataset
 from coperception.data.formats.memory import MemoryReader
 from coperception.data.noise import PoseNoise, perturb_poses
-from coperception.data.records import AgentKind, AgentObservation, Frame, ObjectSet
+from coperception.structures.records import AgentKind, AgentObservation, Frame, ObjectSet
 from coperception.errors import ConfigError, FormatError
 from coperception.geometry.boxes import boxes_to_corners
 from coperception.geometry.grid import BEVGrid
@@ -91,6 +91,9 @@ def _ego_frame(world_xyz):
 
 
 def _dataset(fusion="intermediate", frames=None, **kw):
+    """These tests check each collaborator's cloud in its own LiDAR frame (``agent_frame="own"``)
+    unless they say otherwise; the default frame, ``ego_heading``, has tests of its own."""
+    kw.setdefault("agent_frame", "own")
     return CooperativeDataset(ListReader(frames or [make_frame()]), GRID, fusion=fusion, self_hit_box=None, **kw)
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from coperception.data.formats.opv2v import OPV2VReader, OPV2VWriter, order_agents, parse_agent_params, write_frame
 from coperception.data.formats.pcd import write_pcd
 from coperception.data.formats.yamlio import dump_yaml, dump_yaml_text, load_yaml, load_yaml_text
-from coperception.data.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
+from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
 from coperception.errors import FormatError
 from coperception.geometry.pose import se3_from_xyz_rpy, wrap_angle
 

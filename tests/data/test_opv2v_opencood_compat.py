@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from coperception.data.formats.opv2v import OPV2VReader, write_frame
-from coperception.data.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
+from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
 from coperception.geometry.pose import left_to_right_handed, se3_from_xyz_rpy, wrap_angle, yaw_of
 
 opencood = pytest.importorskip("opencood")

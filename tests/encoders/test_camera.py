@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from coperception.data.records import AgentKind, AgentObservation, Camera
-from coperception.encoders import ENCODERS, BEVFeatures, PointPillarsEncoder
-from coperception.encoders.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch, CameraEncoder, camera_batch
-from coperception.encoders.lss import (DepthBins, bev_cells, depth_bin_targets, depth_loss, feature_pixels,
-                                       lift_points, splat, splat_frustum)
+from coperception.structures.records import AgentKind, AgentObservation, Camera
+from coperception.encoders import ENCODERS, PointPillarsEncoder
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch, camera_batch
+from coperception.encoders.camera import CameraEncoder
+from coperception.encoders.lss import (DepthBins, bev_cells, depth_bin_targets, depth_loss, feature_pixels, lift_points, splat, splat_frustum)
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
 

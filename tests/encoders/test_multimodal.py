@@ -13,7 +13,7 @@ from coperception.data.cameras import ModalityConfig, depth_images
 from coperception.data.dataset import CooperativeDataset
 from coperception.data.formats.opv2v import OPV2VReader
 from coperception.encoders import ENCODERS
-from coperception.encoders.camera import camera_batch
+from coperception.structures.camera import camera_batch
 from coperception.encoders.lss import depth_bin_targets
 from coperception.encoders.multimodal import MultiModalEncoder, MultiModalFeatures, depth_targets_from_images
 from coperception.errors import ConfigError
@@ -62,7 +62,7 @@ def test_rows_follow_the_batch_and_match_each_branch_alone(camera_root):
     enc = MultiModalEncoder(GRID, lidar=LIDAR, camera=CAMERA).eval()  # equal widths: no aligner, plain sum
     batch = _batch(camera_root, _modality("camera", "lidar"))
     out = enc(batch)
-    assert ENCODERS["multimodal"] is MultiModalEncoder and MultiModalEncoder.consumes_batch
+    assert ENCODERS["multimodal"] is MultiModalEncoder and MultiModalEncoder.input_kind == "batch"
     assert isinstance(out, MultiModalFeatures) and out.aux_losses == {}  # no depth loss at inference
     rows = int(batch.agents_per_sample.sum())
     assert out.features.shape == (rows, enc.out_channels, *GRID.feature_shape(enc.stride)) == (4, 16, 64, 64)
@@ -117,7 +117,8 @@ def test_gradients_reach_both_branches_and_the_depth_loss(camera_root):
 def test_depth_targets_from_images_match_the_point_projection(camera_root):
     """Pooling the dataset's depth images gives lss.depth_bin_targets of the same points."""
     ds = CooperativeDataset(OPV2VReader(camera_root, "train", load_cameras=True), GRID,
-                            modality=_modality("lidar_camera", "lidar_camera"), return_points=True)
+                            modality=_modality("lidar_camera", "lidar_camera"), return_points=True,
+                            agent_frame="own")  # clouds as captured: no turn, no rounding at pixel borders
     s = ds[0]
     c = s.cameras
     scale = torch.cat([c.image_scale, torch.ones(*c.image_scale.shape[:2], 1)], dim=-1).unsqueeze(-1)

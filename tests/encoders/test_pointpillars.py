@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from coperception.data.pillars import Pillars
-from coperception.encoders import ENCODERS, BEVBackbone, BEVFeatures, PointPillarsEncoder, scatter_to_bev
+from coperception.structures.cells import Pillars
+from coperception.encoders import ENCODERS, BEVBackbone, PointPillarsEncoder, scatter_to_bev
+from coperception.structures.bev import BEVFeatures
 from coperception.encoders.pointpillars import PillarFeatureNet, scatter_conv2d
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid

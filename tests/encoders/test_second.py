@@ -8,8 +8,10 @@ import logging
 import pytest
 import torch
 
-from coperception.data.voxelize import Voxels, voxelize
-from coperception.encoders import ENCODERS, BEVFeatures
+from coperception.structures.cells import Voxels
+from coperception.data.voxelize import voxelize
+from coperception.encoders import ENCODERS
+from coperception.structures.bev import BEVFeatures
 from coperception.encoders import second as second_mod
 from coperception.encoders.second import SECONDEncoder, mean_vfe, resolve_backend
 from coperception.encoders.sparse_conv import set_method

@@ -8,7 +8,7 @@ import torch
 from coperception.errors import ConfigError
 from coperception.fusion import (FUSIONS, AttentionFusion, ConfidenceFusion, FCooperFusion, MaxFusion, MultiScaleFusion,
                                stack_agents)
-from coperception.fusion.warp import warp_to_ego, warp_with_valid
+from coperception.geometry.warp import warp_to_ego, warp_with_valid
 from coperception.geometry.grid import BEVGrid
 from coperception.geometry.pose import se3_from_xyz_rpy
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from coperception.data.records import Detections
+from coperception.structures.records import Detections
 from coperception.fusion import LateFusion, fuse_detections, fuse_points
 from coperception.geometry.boxes import boxes_to_corners
 from coperception.geometry.pose import relative_transform, se3_from_xyz_rpy, transform_points

@@ -65,10 +65,11 @@ def test_decode_recovers_boxes_from_perfect_predictions():
 
 
 def test_postprocess_filters():
-    big = torch.tensor([[0.0, 0.0, -1.0, 6.5, 2.0, 1.6, 0.0]])  # 6.5 m long: removed like OpenCOOD
+    big = torch.tensor([[0.0, 0.0, -1.0, 6.5, 2.0, 1.6, 0.0]])  # 6.5 m long: removed at OpenCOOD's 6 m
     diagonal = torch.tensor([[0.0, 0.0, -1.0, 5.5, 2.0, 1.6, math.pi / 4]])  # hull 5.3 m: kept
     high = torch.tensor([[0.0, 0.0, 0.5, 4.5, 2.0, 1.6, 0.0]])  # top at 1.3 m > grid zmax 1.0
-    head = AnchorHead(8, GRID, 2)
+    head = AnchorHead(8, GRID, 2, post=PostProcess(max_box_extent=6.0))
+    assert len(AnchorHead(8, GRID, 2).decode(perfect_predictions(head, [big]))[0]) == 1  # default 12 m keeps it
     kept = [len(head.decode(perfect_predictions(head, [b]))[0]) for b in (big, diagonal, high)]
     assert kept == [0, 1, 0]
     loose = AnchorHead(8, GRID, 2, post=PostProcess(max_box_extent=None, z_range=(-3.0, 2.0)))

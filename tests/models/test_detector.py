@@ -9,7 +9,7 @@ import torch
 from coperception.comm.wire import encode
 from coperception.eval.ap import APEvaluator
 from coperception.models.build import build_dataset, build_detector
-from coperception.models.experiment import evaluate_experiment, load_detector, train_experiment
+from coperception.engine.experiment import evaluate_experiment, load_detector, train_experiment
 from coperception.train import DistInfo
 from coperception.train.precise_bn import update_bn_stats
 
@@ -196,7 +196,7 @@ def test_post_fusion_block_starts_as_identity_and_trains_only_the_fused_path(tin
 def test_training_does_not_depend_on_random_numbers_drawn_before_it(tiny_experiment, tmp_path):
     # The demo generates data in the same process before training; the initial weights (and so
     # the run) must come from train.seed alone.
-    from coperception.models.experiment import train_experiment
+    from coperception.engine.experiment import train_experiment
     torch.manual_seed(123)
     a = train_experiment(tiny_experiment, tmp_path / "a", dist=CPU, max_steps=1).module.state_dict()
     torch.rand(1000)  # some earlier work consumed the global generator

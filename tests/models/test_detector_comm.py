@@ -12,7 +12,7 @@ from coperception.errors import ConfigError
 from coperception.eval.detection import evaluate_detector
 from coperception.models.build import build_dataset, build_detector
 from coperception.models.config import Component
-from coperception.models.experiment import train_experiment
+from coperception.engine.experiment import train_experiment
 from coperception.train import DistInfo
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
@@ -57,20 +57,6 @@ def test_latency_delivers_last_frames_message_placed_with_its_capture_pose(tiny_
     assert channel.link_stats(sender, ego).delivered_messages == 0
     model.infer(f1, "intermediate", score_threshold=0.0, channel=channel, frame_index=1)
     assert channel.link_stats(sender, ego).delivered_messages == 1
-
-
-def test_stale_message_pose_is_relative_to_the_receivers_current_pose():
-    from coperception.comm.message import DenseFeatures, Message
-    from coperception.comm.select import sent
-    from coperception.models.detector import _deliver
-
-    world_sender_then = np.eye(4)
-    world_sender_then[:3, 3] = [100.0, 50.0, 0.0]
-    world_ego_now = np.eye(4)
-    world_ego_now[:3, 3] = [90.0, 50.0, 0.0]
-    msg = Message("7", 3, world_sender_then, DenseFeatures(np.ones((2, 4, 4), np.float32)))
-    (out,) = _deliver([sent(msg, ["1"])], "1", None, 4, world_ego_now)
-    np.testing.assert_allclose(out.world_from_lidar[:3, 3], [10.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("name", ["where2comm", "supply_demand", "codebook", "late"])

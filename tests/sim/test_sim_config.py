@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from coperception.errors import ConfigError
-from coperception.sim import commands
+from coperception.engine.commands import generate as commands
 from coperception.sim.config import SimConfig, spawn_slot_count
 from coperception.sim.generator import generate
 from coperception.sim.scenarios import load_sim_config, preset_names

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coperception.data.records import OBJECT_CLASSES
+from coperception.structures.records import OBJECT_CLASSES
 from coperception.sim.simulation import Simulation
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coperception.data.records import OBJECT_CLASSES
+from coperception.structures.records import OBJECT_CLASSES
 from coperception.errors import FormatError
 from coperception.geometry import wrap_angle
 from coperception.geometry.boxes import boxes_to_bev_corners, boxes_to_corners, corners_to_boxes

@@ -1,4 +1,4 @@
-"""Read a DAIR-V2X-C cooperative dataset into :class:`~coperception.data.records.Frame` records.
+"""Read a DAIR-V2X-C cooperative dataset into :class:`~coperception.structures.records.Frame` records.
 
 DAIR-V2X (Yu et al., "DAIR-V2X: A Large-Scale Dataset for Vehicle-Infrastructure Cooperative 3D
 Object Detection", CVPR 2022). Frames are listed by a split file (HEAL/CoAlign ``train.json`` /
@@ -22,7 +22,7 @@ from coperception.data.formats import dair_calib as calib
 from coperception.data.formats import dair_labels as labels
 from coperception.data.formats.dair_pcd import read_dair_pcd
 from coperception.data.formats.dair_write import COOP, INF, INTENSITY_SCALE, VEH, split_path
-from coperception.data.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
+from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
 from coperception.errors import FormatError
 from coperception.geometry.boxes import transform_boxes
 

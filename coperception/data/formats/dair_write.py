@@ -1,4 +1,4 @@
-"""Write :class:`~coperception.data.records.Frame` records as a DAIR-V2X-C cooperative dataset.
+"""Write :class:`~coperception.structures.records.Frame` records as a DAIR-V2X-C cooperative dataset.
 
 Layout and fields follow DAIR-V2X (Yu et al., CVPR 2022, ``data/README.md``) as read by the
 DAIR-V2X tools and by HEAL/CoAlign (``dairv2x_basedataset.py``); see :mod:`.dair_calib` for the pose
@@ -18,7 +18,7 @@ import numpy as np
 from coperception.data.formats import dair_calib as calib
 from coperception.data.formats import dair_labels as labels
 from coperception.data.formats.dair_pcd import write_dair_pcd
-from coperception.data.records import AgentKind, AgentObservation, Camera, Frame
+from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame
 from coperception.errors import FormatError
 from coperception.geometry import wrap_angle, yaw_of
 from coperception.geometry.boxes import transform_boxes

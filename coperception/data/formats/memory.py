@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from coperception.data.records import Frame
+from coperception.structures.records import Frame
 from coperception.errors import FormatError
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coperception.data.records import OBJECT_CLASSES, AgentKind
+from coperception.structures.records import OBJECT_CLASSES, AgentKind
 from coperception.errors import FormatError
 from coperception.geometry.pose import (
     carla_pose_to_matrix,

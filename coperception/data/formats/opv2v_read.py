@@ -1,4 +1,4 @@
-"""Read the OPV2V on-disk layout (OPV2V / V2XSet / OPV2V-H) into :class:`~coperception.data.records.Frame`.
+"""Read the OPV2V on-disk layout (OPV2V / V2XSet / OPV2V-H) into :class:`~coperception.structures.records.Frame`.
 
 Layout (OpenCOOD ``BaseDataset``, HEAL ``OPV2VBaseDataset``)::
 
@@ -34,7 +34,7 @@ from coperception.data.formats.opv2v_convert import (
 )
 from coperception.data.formats.pcd import convert_pcd_to_binary, read_pcd
 from coperception.data.formats.yamlio import load_json, load_yaml
-from coperception.data.records import AgentObservation, Camera, Frame, ObjectSet
+from coperception.structures.records import AgentObservation, Camera, Frame, ObjectSet
 from coperception.errors import FormatError
 from coperception.geometry.pose import opv2v_pose_to_world_from_lidar
 

@@ -1,4 +1,4 @@
-"""Write :class:`~coperception.data.records.Frame` objects in the OPV2V on-disk layout.
+"""Write :class:`~coperception.structures.records.Frame` objects in the OPV2V on-disk layout.
 
 Output loads unchanged through OpenCOOD / HEAL (and :class:`OPV2VReader`)::
 
@@ -29,7 +29,7 @@ from coperception.data.formats.opv2v_convert import (
 from coperception.data.formats.opv2v_read import order_agents
 from coperception.data.formats.pcd import write_pcd
 from coperception.data.formats.yamlio import dump_yaml
-from coperception.data.records import AgentKind, AgentObservation, Frame
+from coperception.structures.records import AgentKind, AgentObservation, Frame
 from coperception.errors import FormatError
 from coperception.geometry.pose import world_from_lidar_to_opv2v_pose
 

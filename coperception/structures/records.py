@@ -12,6 +12,8 @@ from enum import Enum
 
 import numpy as np
 
+from coperception.structures.boxes import Boxes3D
+
 #: Object classes known to the library; ``ObjectSet.classes`` indexes this tuple.
 OBJECT_CLASSES: tuple[str, ...] = ("car", "van", "truck", "bus", "pedestrian", "cyclist")
 #: Indices of the classes that OPV2V-style vehicle detection evaluates.
@@ -132,14 +134,17 @@ class Frame:
 
 @dataclass
 class Detections:
-    """Detector output for one frame, in the ego LiDAR frame.
+    """Detector output for one frame.
 
-    boxes: (N, 7) ``[x, y, z, l, w, h, yaw]``; scores: (N,) in [0, 1]; labels: (N,) class indices.
+    boxes: (N, 7) ``[x, y, z, l, w, h, yaw]``; scores: (N,) in [0, 1]; labels: (N,) class indices;
+    frame: the frame of the boxes -- ``"ego"`` (the ego's LiDAR frame, what inference returns) or
+    ``"agent:<id>"`` (an agent's own detections before they are sent / moved).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray | None = None
+    frame: str = "ego"
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 7)
@@ -150,3 +155,8 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    @property
+    def boxes3d(self) -> "Boxes3D":
+        """The boxes with their frame (:class:`~coperception.structures.boxes.Boxes3D`)."""
+        return Boxes3D(self.boxes, self.frame)

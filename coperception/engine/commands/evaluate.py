@@ -160,7 +160,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from coperception.models.experiment import evaluate_experiment, load_detector, write_report
+    from coperception.engine.experiment import evaluate_experiment, load_detector, write_report
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root, agent_frame=args.agent_frame)
@@ -172,7 +172,7 @@ def run_eval(args: argparse.Namespace) -> int:
         task = progress.add_task(f"eval {split}", total=None)
         strategy = None
         if args.strategy is not None:
-            from coperception.eval.sweep import parse_strategy
+            from coperception.engine.sweep import parse_strategy
             _, strategy, _ = parse_strategy(args.strategy, model, device)
         reports = evaluate_experiment(cfg, model, split=split, modes=args.modes, device=device,
                                       global_sort=args.global_sort, max_frames=args.max_frames,
@@ -223,9 +223,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from coperception.eval.sweep import SweepPoint, parse_strategy, plot_sweep, run_sweep
+    from coperception.eval.sweep import SweepPoint, plot_sweep, run_sweep
+    from coperception.engine.sweep import parse_strategy
     from coperception.models.build import build_dataset
-    from coperception.models.experiment import load_detector
+    from coperception.engine.experiment import load_detector
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root, agent_frame=args.agent_frame)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from coperception.errors import ConfigError
-from coperception.fusion.warp import warp_to_ego, warp_with_valid
+from coperception.geometry.warp import warp_to_ego, warp_with_valid
 from coperception.geometry.grid import BEVGrid
 from coperception.geometry.pose import se3_from_xyz_rpy
 

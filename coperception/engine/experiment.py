@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 
 from coperception import config as cfgio
+from coperception.data.agent_frames import AGENT_FRAMES
+from coperception.errors import ConfigError
 from coperception.eval.detection import ModeReport, evaluate_detector
 from coperception.models.build import build_dataset, build_detector, build_loader
 from coperception.models.config import ExperimentConfig, validate_components
@@ -35,12 +38,10 @@ def train_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: str 
     model = build_detector(cfg)
     dataset = build_dataset(cfg, cfg.data.train_split, train=True)
     if len(dataset) == 0:
-        from coperception.errors import ConfigError
         raise ConfigError(f"{cfg.data.root}: split {cfg.data.train_split!r} has no frames")
     resolved = cfgio.to_dict(cfg)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
         (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     trainer = Trainer(model, dataset, dataset.collate_fn(), cfg.train, out_dir, dist, hooks=hooks,
                       config_dict=resolved)
@@ -68,8 +69,6 @@ def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu", da
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if agent_frame is not None:
-        from coperception.data.agent_frames import AGENT_FRAMES
-        from coperception.errors import ConfigError
         if agent_frame not in AGENT_FRAMES:
             raise ConfigError(f"agent_frame must be one of {AGENT_FRAMES}, got {agent_frame!r}")
         cfg = replace(cfg, data=replace(cfg.data, agent_frame=agent_frame))

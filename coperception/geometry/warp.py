@@ -150,3 +150,19 @@ def warp_to_ego(features: torch.Tensor, ego_from_agent: torch.Tensor, grid: BEVG
     See :func:`warp_with_valid` for the conventions; this drops the validity mask.
     """
     return warp_with_valid(features, ego_from_agent, grid, stride, mode)[0]
+
+
+def invert_rigid(transforms: torch.Tensor) -> torch.Tensor:
+    """(N, 4, 4) rigid transforms -> inverses (exact for rotations)."""
+    out = torch.zeros_like(transforms)
+    rot_t = transforms[:, :3, :3].transpose(1, 2)
+    out[:, :3, :3] = rot_t
+    out[:, :3, 3] = -(rot_t @ transforms[:, :3, 3:]).squeeze(-1)
+    out[:, 3, 3] = 1.0
+    return out
+
+
+def warp_maps(maps: torch.Tensor, target_from_source: torch.Tensor, grid: BEVGrid, stride: int) -> torch.Tensor:
+    """(N, 1, H, W) maps in source frames -> target frames (nearest; 0 outside the source map)."""
+    warped, valid = warp_with_valid(maps.float(), target_from_source, grid, stride, "nearest")
+    return warped * valid

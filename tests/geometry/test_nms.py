@@ -8,8 +8,8 @@ import torch
 from shapely.geometry import Polygon, box as shapely_box
 
 from coperception.geometry.boxes import boxes_to_bev_corners, boxes_to_standup
-import coperception.heads.nms as nms_module
-from coperception.heads.nms import greedy_keep, nms
+import coperception.geometry.nms as nms_module
+from coperception.geometry.nms import greedy_keep, nms
 
 
 def clustered_boxes(n, seed, dtype=torch.float64):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "models" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[3] / "models" / "demo.yaml"
 #: The scenario mix: occluded junctions where collaboration matters, plus open town traffic.
 DEMO_PRESETS = ("blocked_intersection", "truck_merge", "rsu_blind_corner", "town")
 
@@ -73,11 +73,11 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from coperception.eval.commands import results_table
+    from coperception.engine.commands.evaluate import results_table
     from coperception.models.config import load_experiment
-    from coperception.models.experiment import evaluate_experiment, load_detector, train_experiment, write_report
+    from coperception.engine.experiment import evaluate_experiment, load_detector, train_experiment, write_report
     from coperception.train import init_distributed
-    from coperception.train.commands import RichProgress
+    from coperception.engine.commands.train import RichProgress
 
     console = Console()
     started = time.perf_counter()
@@ -97,7 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
     reports = evaluate_experiment(cfg, model, split=cfg.data.test_split, device="cpu")
     console.print(results_table(reports, f"demo: {cfg.name} on {cfg.data.root} [test]"))
     write_report(reports, args.out / "results.json", {"checkpoint": str(checkpoint), "config": cfg.name})
-    from coperception.viz.detections import render_example_at
+    from coperception.engine.render import render_example_at
 
     picture = render_example_at(cfg, model, args.out / "bev.png", split=cfg.data.test_split,
                                 index=0)
