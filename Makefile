@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 OPENCOOD_VERSION := 0.1.19
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test lint test-all test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,21 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m coperception.cli demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# Layers (import-linter: no package imports a layer above it, so no cycle between packages)
+# and ruff (pyflakes, bugbear, import order); both configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check coperception tests benchmarks tools
+	$(VENV)/bin/lint-imports
+
+# On a CUDA machine (CUDA torch installed first, then `pip install -e '.[dev]'`): the default suite
+# plus the GPU tests, with the GPU visible. GPU_PY is that environment's Python.
+GPU_PY ?= python3
+test-gpu:
+	$(GPU_PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a CUDA device')"
+	$(GPU_PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -43,10 +43,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from coperception.data.dataset import CooperativeDataset  # noqa: E402
 from coperception.data.formats.opv2v import OPV2VReader, OPV2VWriter  # noqa: E402
-from coperception.structures.records import AgentKind, AgentObservation, Frame, ObjectSet  # noqa: E402
 from coperception.data.voxelize import pillarize  # noqa: E402
 from coperception.geometry.grid import BEVGrid  # noqa: E402
 from coperception.geometry.pose import se3_from_xyz_rpy  # noqa: E402
+from coperception.structures.records import AgentKind, AgentObservation, Frame, ObjectSet  # noqa: E402
 
 # OpenCOOD's point_pillar_intermediate_fusion.yaml
 LIDAR_RANGE = (-140.8, -40.0, -3.0, 140.8, 40.0, 1.0)
@@ -99,7 +99,7 @@ def best_pass_rates(passes: dict[str, callable], n_frames: int, rounds: int) -> 
     them alike; the best pass is the least disturbed one.
     """
     best = {name: math.inf for name in passes}
-    for name, run_pass in passes.items():
+    for run_pass in passes.values():
         run_pass()
     for _ in range(rounds):
         for name, run_pass in passes.items():

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coperception.comm.strategies import build_strategy  # noqa: E402
 from coperception.comm.select import SampleView  # noqa: E402
+from coperception.comm.strategies import build_strategy  # noqa: E402
 from coperception.data.voxelize import pillarize  # noqa: E402
 from coperception.models.build import build_detector  # noqa: E402
 from coperception.models.config import load_experiment  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
     for amp in ([False, True] if device.type == "cuda" else [False]):
         for _ in range(10):
             frame(amp)
-        rows.append((f"{args.agents} agents, {'fp16 autocast' if amp else 'fp32'}", timed(lambda: frame(amp), args.repeat, device)))
+        rows.append((f"{args.agents} agents, {'fp16 autocast' if amp else 'fp32'}", timed(lambda amp=amp: frame(amp), args.repeat, device)))
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         for _ in range(10):
@@ -138,7 +138,7 @@ def main() -> None:
         strat = build_strategy(name, model.encoder.out_channels, grid, model.encoder.stride).to(device).eval()
         from coperception.comm.wire import decode
 
-        def comm():
+        def comm(strat=strat, budget=budget):
             sends = strat.transmit(view, budget)
             strat.receive([decode(s.data) for s in sends], device)
         comm()

@@ -35,11 +35,11 @@ import time
 import numpy as np
 import torch
 
-from coperception.structures.cells import Voxels
 from coperception.data.voxelize import voxelize
 from coperception.encoders.second import SECONDEncoder, spconv_usable
 from coperception.encoders.sparse_conv import set_method
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.cells import Voxels
 
 GRID = BEVGrid((-51.2, -51.2, -3.0, 51.2, 51.2, 1.0), (0.1, 0.1, 0.2))
 

@@ -19,6 +19,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 from coperception.engine.commands import COMMANDS  # noqa: E402  (after the allocator setting)
 from coperception.errors import CoperceptionError  # noqa: E402
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coperception", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -9,8 +9,7 @@
 """
 
 from coperception.comm.channel import Channel
-from coperception.comm.message import (Boxes, CodebookIndices, Composite, DenseFeatures, Empty, Message,
-                                       SparseCells)
+from coperception.comm.message import Boxes, CodebookIndices, Composite, DenseFeatures, Empty, Message, SparseCells
 from coperception.comm.volume import CommStats, log2_bytes, mbps
 from coperception.comm.wire import WireLimits, decode, encode, min_message_bytes
 

@@ -37,9 +37,9 @@ from torch import nn
 
 from coperception.comm.message import Boxes, Composite, Empty, Message, SparseCells
 from coperception.comm.wire import encode
-from coperception.structures.records import Detections
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.records import Detections
 
 
 @dataclass

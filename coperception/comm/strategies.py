@@ -33,13 +33,23 @@ import torch
 from coperception.comm.budget import check_budget, fit_first, fit_prefix
 from coperception.comm.message import Boxes, Composite, Empty, Message
 from coperception.comm.represent import Codebook, Compressor, FloatCells
-from coperception.geometry.warp import invert_rigid, warp_maps
-from coperception.comm.select import (SampleView, Sent, Strategy, cell_set_message,
-                                      collaborator_rows, gaussian_smooth, message_of, random_topk_mask,
-                                      ranked_cells, sent, split_parts)
+from coperception.comm.select import (
+    SampleView,
+    Sent,
+    Strategy,
+    cell_set_message,
+    collaborator_rows,
+    gaussian_smooth,
+    message_of,
+    random_topk_mask,
+    ranked_cells,
+    sent,
+    split_parts,
+)
 from coperception.comm.wire import min_message_bytes
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.geometry.warp import invert_rigid, warp_maps
 
 _DTYPE_CHAIN = ("fp32", "fp16", "int8")
 _BOX_BYTES = 7 * 4 + 4 + 1  # a box on the wire: 7 f32, f32 score, u8 label
@@ -77,8 +87,9 @@ class DenseStrategy(Strategy):
         chain = _DTYPE_CHAIN[_DTYPE_CHAIN.index(self.rep.dtype):]
         for row in range(1, view.num_agents):
             check_budget(budget, str(view.agent_ids[row]))
-            cands = [lambda dt=dt: message_of(view, row, self.rep.payload(view.features[row], None, dt)) for dt in chain]
-            cands.append(lambda: message_of(view, row, Empty()))
+            cands = [lambda dt=dt, row=row: message_of(view, row, self.rep.payload(view.features[row], None, dt))
+                     for dt in chain]
+            cands.append(lambda row=row: message_of(view, row, Empty()))
             msg, data, _ = fit_first(cands, budget)
             out.append(Sent(msg, data, (ego,)))
         return out

@@ -52,7 +52,15 @@ import numpy as np
 from coperception.comm import entropy
 from coperception.comm.entropy import ByteReader
 from coperception.comm.message import (
-    Boxes, CodebookIndices, Composite, DenseFeatures, Empty, Message, Payload, PayloadKind, SparseCells,
+    Boxes,
+    CodebookIndices,
+    Composite,
+    DenseFeatures,
+    Empty,
+    Message,
+    Payload,
+    PayloadKind,
+    SparseCells,
 )
 from coperception.errors import WireError
 

@@ -18,21 +18,19 @@ camera at all gets an empty (all-zero) pooled map.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coperception.structures.records import AgentObservation
 from coperception.encoders.backbone import BEVBackbone
 from coperception.encoders.base import Encoder
-from coperception.structures.bev import BEVFeatures
 from coperception.encoders.lss import DepthBins, feature_pixels, lift_points, splat_frustum
-from coperception.structures.camera import CameraBatch
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.camera import CameraBatch
 
 
 def _conv_bn(c_in: int, c_out: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
-from coperception.structures.camera import scale_intrinsics
 
 
 @dataclass(frozen=True)

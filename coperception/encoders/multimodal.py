@@ -26,10 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coperception.structures.cells import Pillars
-from coperception.structures.batch import CooperativeBatch
-from coperception.structures.bev import BEVFeatures
-from coperception.structures.camera import CameraBatch
 from coperception.encoders.base import Encoder
 from coperception.encoders.camera import CameraEncoder
 from coperception.encoders.lss import DepthBins, depth_loss
@@ -37,6 +33,10 @@ from coperception.encoders.pointpillars import PointPillarsEncoder
 from coperception.encoders.second import SECONDEncoder
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.batch import CooperativeBatch
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.camera import CameraBatch
+from coperception.structures.cells import Pillars
 
 #: the LiDAR encoders a multimodal encoder can use, by their registry names.
 LIDAR_ENCODERS: dict[str, type[Encoder]] = {cls.name: cls for cls in (PointPillarsEncoder, SECONDEncoder)}

@@ -21,12 +21,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from coperception.structures.cells import Pillars
 from coperception.encoders.backbone import BEVBackbone
 from coperception.encoders.base import Encoder
-from coperception.structures.bev import BEVFeatures
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.cells import Pillars
 
 
 class PFNLayer(nn.Module):

@@ -22,14 +22,20 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from coperception.structures.cells import Voxels
 from coperception.encoders.backbone import BEVBackbone
 from coperception.encoders.base import Encoder
-from coperception.structures.bev import BEVFeatures
-from coperception.encoders.sparse_conv import (SparseBNReLU, SparseConv3d, SparseConvBlock, SparseTensor,
-                                               conv_output_shape, sparse_to_dense)
+from coperception.encoders.sparse_conv import (
+    SparseBNReLU,
+    SparseConv3d,
+    SparseConvBlock,
+    SparseTensor,
+    conv_output_shape,
+    sparse_to_dense,
+)
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.cells import Voxels
 
 log = logging.getLogger(__name__)
 

@@ -172,7 +172,7 @@ def conv_output_shape(spatial_shape: Sequence[int], kernel_size: Sequence[int], 
 def conv_rulebook(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Sequence[int],
                   stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Rulebook:
     """Rule book of a regular (strided) conv; output sites are sorted by ``[b, z, y, x]``."""
-    device, n = indices.device, indices.shape[0]
+    device = indices.device
     out_shape = conv_output_shape(spatial_shape, kernel_size, stride, padding, dilation)
     offs = kernel_offsets(kernel_size, device) * torch.tensor(dilation, device=device)
     s = torch.tensor(stride, device=device)

@@ -12,8 +12,16 @@
 """
 
 from coperception.fusion.early import fuse_points
-from coperception.fusion.intermediate import (AttentionFusion, BEVFusion, ConfidenceFusion, FCooperFusion, MaxFusion,
-                                              MultiScaleFusion, Where2commFusion, stack_agents)
+from coperception.fusion.intermediate import (
+                                              AttentionFusion,
+                                              BEVFusion,
+                                              ConfidenceFusion,
+                                              FCooperFusion,
+                                              MaxFusion,
+                                              MultiScaleFusion,
+                                              Where2commFusion,
+                                              stack_agents,
+)
 from coperception.fusion.late import LateFusion, fuse_detections, fuse_received_boxes
 from coperception.geometry.warp import warp_to_ego, warp_with_valid
 

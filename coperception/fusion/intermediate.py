@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from coperception.errors import ConfigError
-from coperception.geometry.warp import WARP_MODES, warp_with_valid
 from coperception.geometry.grid import BEVGrid
+from coperception.geometry.warp import WARP_MODES, warp_with_valid
 
 
 def _agent_counts(agents_per_sample: torch.Tensor | Sequence[int], num_maps: int) -> list[int]:

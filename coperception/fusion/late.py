@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from coperception.structures.records import Detections
 from coperception.errors import ConfigError
 from coperception.geometry.boxes import boxes_in_range_mask, transform_boxes
 from coperception.geometry.nms import nms
+from coperception.structures.records import Detections
 
 
 def _separate_labels(boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:

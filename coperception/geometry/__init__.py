@@ -10,30 +10,30 @@ One convention inside the library (formats convert at the edge):
   counter-clockwise from +x, in ``[-pi, pi)`` after normalisation.
 """
 
-from coperception.geometry.pose import (
-    carla_pose_to_matrix,
-    matrix_to_carla_pose,
-    left_to_right_handed,
-    right_to_left_handed,
-    opv2v_pose_to_world_from_lidar,
-    world_from_lidar_to_opv2v_pose,
-    relative_transform,
-    transform_points,
-    yaw_of,
-    wrap_angle,
-    se3_from_xyz_rpy,
-)
 from coperception.geometry.boxes import (
-    validate_boxes,
-    validate_corners,
-    boxes_to_corners,
-    boxes_to_bev_corners,
-    corners_to_boxes,
-    transform_boxes,
     boxes_in_range_mask,
+    boxes_to_bev_corners,
+    boxes_to_corners,
     boxes_to_standup,
+    corners_to_boxes,
     from_opencood_center,
     to_opencood_center,
+    transform_boxes,
+    validate_boxes,
+    validate_corners,
+)
+from coperception.geometry.pose import (
+    carla_pose_to_matrix,
+    left_to_right_handed,
+    matrix_to_carla_pose,
+    opv2v_pose_to_world_from_lidar,
+    relative_transform,
+    right_to_left_handed,
+    se3_from_xyz_rpy,
+    transform_points,
+    world_from_lidar_to_opv2v_pose,
+    wrap_angle,
+    yaw_of,
 )
 
 _IOU_NAMES = ("bev_iou", "bev_iou_aligned", "quad_iou", "quad_iou_aligned", "standup_iou")

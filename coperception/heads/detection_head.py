@@ -27,17 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coperception.structures.records import Detections
-from coperception.structures.bev import BEVFeatures
 from coperception.errors import ConfigError
 from coperception.geometry.boxes import boxes_to_standup
 from coperception.geometry.grid import BEVGrid
-from coperception.heads.base import Head
+from coperception.geometry.nms import NMSMode, nms
 from coperception.heads.anchors import AnchorSize, make_anchors
+from coperception.heads.base import Head
 from coperception.heads.coder import apply_direction, decode_boxes
 from coperception.heads.losses import AnchorLoss
-from coperception.geometry.nms import NMSMode, nms
 from coperception.heads.targets import AnchorTargets, TargetAssigner
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.records import Detections
 
 
 @dataclass

@@ -20,9 +20,9 @@ from coperception.data.noise import PoseNoise
 from coperception.encoders import ENCODERS
 from coperception.errors import ConfigError
 from coperception.fusion import FUSIONS
+from coperception.geometry.grid import BEVGrid
 from coperception.heads import HEADS
 from coperception.heads.detection_head import DEFAULT_MAX_BOX_EXTENT
-from coperception.geometry.grid import BEVGrid
 from coperception.train.trainer import TrainConfig
 
 Range6 = tuple[float, float, float, float, float, float]

@@ -27,10 +27,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from coperception.comm.message import Message
 from coperception.comm.runtime import check_channel, exchange, occupancy_maps
 from coperception.comm.select import SampleView, Sent, Strategy
 from coperception.comm.strategies import DenseStrategy, LateStrategy
-from coperception.comm.message import Message
 from coperception.encoders.base import Encoder
 from coperception.errors import ConfigError
 from coperception.fusion.late import fuse_received_boxes

@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from coperception.structures.records import Frame
 from coperception.errors import ConfigError
 from coperception.sim.config import SimConfig
+from coperception.structures.records import Frame
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validate", "test")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coperception.sim.objects import CLASS_INDEX, sample_sizes
 from coperception.sim.ground import CURB_HEIGHT
+from coperception.sim.objects import CLASS_INDEX, sample_sizes
 
 
 @dataclass

@@ -16,9 +16,8 @@ reflectivity and colour are one table look-up, and the object hit by a ray is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 import numpy as np
 

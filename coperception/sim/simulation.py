@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
 from coperception.geometry.pose import se3_from_xyz_rpy
 from coperception.sim.camera import camera_groups, camera_mounts, camera_rig, render
 from coperception.sim.config import SimConfig
@@ -24,8 +23,10 @@ from coperception.sim.objects import CLASS_INDEX, PARTS_PER_OBJECT, part_boxes, 
 from coperception.sim.pedestrians import spawn_pedestrians
 from coperception.sim.raycast import Hits, Mesh, RayBatch, box_mesh, cast_rays, count_hits
 from coperception.sim.spawn import FIRST_OBJECT_ID, populate
-from coperception.sim.traffic import TrafficLights, step as traffic_step
+from coperception.sim.traffic import TrafficLights
+from coperception.sim.traffic import step as traffic_step
 from coperception.sim.world import METAL, build_world
+from coperception.structures.records import AgentKind, AgentObservation, Camera, Frame, ObjectSet
 
 log = logging.getLogger(__name__)
 NO_OWN_OBJECT = -2

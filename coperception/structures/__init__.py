@@ -10,8 +10,16 @@ from coperception.structures.bev import BEVFeatures
 from coperception.structures.boxes import Boxes3D
 from coperception.structures.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch, CameraSample, camera_batch
 from coperception.structures.cells import Pillars, Voxels
-from coperception.structures.records import (OBJECT_CLASSES, VEHICLE_CLASSES, AgentKind, AgentObservation, Camera,
-                                             Detections, Frame, ObjectSet)
+from coperception.structures.records import (
+                                             OBJECT_CLASSES,
+                                             VEHICLE_CLASSES,
+                                             AgentKind,
+                                             AgentObservation,
+                                             Camera,
+                                             Detections,
+                                             Frame,
+                                             ObjectSet,
+)
 from coperception.structures.sample import CooperativeSample, Targets
 
 __all__ = ["IMAGE_MEAN", "IMAGE_STD", "OBJECT_CLASSES", "VEHICLE_CLASSES", "AgentKind", "AgentObservation",

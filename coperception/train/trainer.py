@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from coperception.train.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
-from coperception.train.distributed import DistInfo, ResumableSampler, all_reduce_mean
 from coperception.train.device import move_to_device
+from coperception.train.distributed import DistInfo, ResumableSampler, all_reduce_mean
 from coperception.train.host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)

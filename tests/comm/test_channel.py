@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 
 from coperception.comm.channel import Channel, latest_per_sender
-from coperception.errors import BudgetError
 from coperception.comm.message import Boxes, DenseFeatures, Empty, Message, SparseCells
 from coperception.comm.wire import encode, min_message_bytes
-from coperception.errors import ConfigError
+from coperception.errors import BudgetError, ConfigError
 from coperception.geometry.pose import se3_from_xyz_rpy, yaw_of
 
 

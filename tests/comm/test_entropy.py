@@ -8,8 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coperception.comm.entropy import (
-    INDEX_MODES, ByteReader, decode_index_set, decode_symbols, decode_uints, encode_index_set,
-    encode_symbols, encode_uints, index_set_sizes, pack_bits, unpack_bits,
+    INDEX_MODES,
+    ByteReader,
+    decode_index_set,
+    decode_symbols,
+    decode_uints,
+    encode_index_set,
+    encode_symbols,
+    encode_uints,
+    index_set_sizes,
+    pack_bits,
+    unpack_bits,
 )
 from coperception.errors import WireError
 

@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coperception.comm.message import Boxes, CodebookIndices, SparseCells
-from coperception.geometry.warp import invert_rigid, warp_maps
 from coperception.comm.select import SampleView, gaussian_smooth
 from coperception.comm.strategies import STRATEGIES, build_strategy
 from coperception.comm.wire import decode, encode, min_message_bytes
-from coperception.structures.records import Detections
 from coperception.errors import BudgetError, ConfigError, WireError
 from coperception.geometry.grid import BEVGrid
+from coperception.geometry.warp import invert_rigid, warp_maps
+from coperception.structures.records import Detections
 
 GRID = BEVGrid((-12.8, -12.8, -3.0, 12.8, 12.8, 1.0), (0.4, 0.4, 4.0))
 STRIDE, C = 2, 8

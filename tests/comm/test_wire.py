@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coperception.comm.message import (
-    Boxes, CodebookIndices, Composite, DenseFeatures, Empty, Message, SparseCells,
+    Boxes,
+    CodebookIndices,
+    Composite,
+    DenseFeatures,
+    Empty,
+    Message,
+    SparseCells,
 )
 from coperception.comm.wire import MAGIC, VERSION, WireLimits, decode, empty_like, encode, min_message_bytes
 from coperception.errors import WireError

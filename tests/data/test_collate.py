@@ -110,10 +110,14 @@ def test_fixed_padding_and_padded_transforms():
 def test_points_only_batch_and_move():
     batch = collate_samples(_samples("intermediate", voxelization="none"))
     assert batch.cells is None and len(batch.points) == 8
-    moved = batch.to("cpu")
+    # "meta" is a real second device on every machine: every tensor must move, the host counts stay
+    moved = batch.to("meta")
+    assert all(p.is_meta for p in moved.points) and moved.gt_boxes.is_meta and moved.ego_from_agent.is_meta
     assert moved.points[0].shape == batch.points[0].shape and moved.gt_boxes.shape == batch.gt_boxes.shape
-    with_cells = collate_samples(_samples("intermediate")).to(torch.device("cpu"))
-    assert with_cells.cells.num_agents == 8 and with_cells.cells.points.dtype == torch.float32
+    assert not moved.agents_per_sample.is_meta and moved.agents_per_sample.tolist() == [3, 1, 4]
+    assert not batch.gt_boxes.is_meta  # a copy: the original stays where it was
+    with_cells = collate_samples(_samples("intermediate")).to("meta")
+    assert with_cells.cells.num_agents == 8 and with_cells.cells.points.is_meta and with_cells.cells.coords.is_meta
 
 
 def test_dataloader_with_workers_and_errors():

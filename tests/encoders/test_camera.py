@@ -8,14 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from coperception.structures.records import AgentKind, AgentObservation, Camera
 from coperception.encoders import ENCODERS, PointPillarsEncoder
-from coperception.structures.bev import BEVFeatures
-from coperception.structures.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch, camera_batch
 from coperception.encoders.camera import CameraEncoder
-from coperception.encoders.lss import (DepthBins, bev_cells, depth_bin_targets, depth_loss, feature_pixels, lift_points, splat, splat_frustum)
+from coperception.encoders.lss import (
+    DepthBins,
+    bev_cells,
+    depth_bin_targets,
+    depth_loss,
+    feature_pixels,
+    lift_points,
+    splat,
+    splat_frustum,
+)
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.camera import IMAGE_MEAN, IMAGE_STD, CameraBatch, camera_batch
+from coperception.structures.records import AgentKind, AgentObservation, Camera
 
 GRID = BEVGrid((-12.8, -12.8, -2.0, 12.8, 12.8, 2.0), (0.4, 0.4, 4.0))  # 64 x 64 cells
 SMALL = dict(image_channels=(8, 16, 16, 16), neck_channels=16, context_channels=8, depth_bins=(1.0, 13.0, 1.0),

@@ -13,11 +13,11 @@ from coperception.data.cameras import ModalityConfig, depth_images
 from coperception.data.dataset import CooperativeDataset
 from coperception.data.formats.opv2v import OPV2VReader
 from coperception.encoders import ENCODERS
-from coperception.structures.camera import camera_batch
 from coperception.encoders.lss import depth_bin_targets
 from coperception.encoders.multimodal import MultiModalEncoder, MultiModalFeatures, depth_targets_from_images
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.camera import camera_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is faster on a busy machine
 GRID = BEVGrid((-25.6, -25.6, -3.0, 25.6, 25.6, 1.0), (0.4, 0.4, 4.0))  # 128 x 128 cells

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from coperception.structures.cells import Pillars
 from coperception.encoders import ENCODERS, BEVBackbone, PointPillarsEncoder, scatter_to_bev
-from coperception.structures.bev import BEVFeatures
 from coperception.encoders.pointpillars import PillarFeatureNet, scatter_conv2d
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.cells import Pillars
 
 GRID = BEVGrid((-12.8, -6.4, -3.0, 12.8, 6.4, 1.0), (0.4, 0.4, 4.0))  # 64 x 32 cells
 SMALL = dict(layer_nums=(1, 1), layer_strides=(2, 2), num_filters=(16, 32), upsample_strides=(1, 2),

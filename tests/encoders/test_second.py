@@ -8,15 +8,15 @@ import logging
 import pytest
 import torch
 
-from coperception.structures.cells import Voxels
 from coperception.data.voxelize import voxelize
 from coperception.encoders import ENCODERS
-from coperception.structures.bev import BEVFeatures
 from coperception.encoders import second as second_mod
 from coperception.encoders.second import SECONDEncoder, mean_vfe, resolve_backend
 from coperception.encoders.sparse_conv import set_method
 from coperception.errors import ConfigError
 from coperception.geometry.grid import BEVGrid
+from coperception.structures.bev import BEVFeatures
+from coperception.structures.cells import Voxels
 
 HAS_SPCONV = importlib.util.find_spec("spconv") is not None
 GRID = BEVGrid((-3.2, -3.2, -2.0, 3.2, 3.2, 1.2), (0.2, 0.2, 0.4))  # 32 x 32 x 8 voxels

@@ -8,8 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coperception.encoders.sparse_conv import (SparseConv3d, SparseTensor, conv_output_shape, kernel_offsets,
-                                               set_method, sparse_to_dense)
+from coperception.encoders.sparse_conv import (
+    SparseConv3d,
+    SparseTensor,
+    conv_output_shape,
+    kernel_offsets,
+    set_method,
+    sparse_to_dense,
+)
 from coperception.errors import ConfigError
 
 HAS_SPCONV = importlib.util.find_spec("spconv") is not None

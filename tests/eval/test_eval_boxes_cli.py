@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from coperception.errors import ConfigError, FormatError
 from coperception.engine.commands import evaluate as commands
+from coperception.errors import ConfigError, FormatError
 from coperception.eval.ap import APEvaluator
 from coperception.eval.boxes_io import FrameBoxes, evaluate_frames, load_boxes, save_boxes
 from coperception.geometry.boxes import boxes_to_corners

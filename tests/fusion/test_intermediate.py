@@ -6,11 +6,18 @@ import pytest
 import torch
 
 from coperception.errors import ConfigError
-from coperception.fusion import (FUSIONS, AttentionFusion, ConfidenceFusion, FCooperFusion, MaxFusion, MultiScaleFusion,
-                               stack_agents)
-from coperception.geometry.warp import warp_to_ego, warp_with_valid
+from coperception.fusion import (
+    FUSIONS,
+    AttentionFusion,
+    ConfidenceFusion,
+    FCooperFusion,
+    MaxFusion,
+    MultiScaleFusion,
+    stack_agents,
+)
 from coperception.geometry.grid import BEVGrid
 from coperception.geometry.pose import se3_from_xyz_rpy
+from coperception.geometry.warp import warp_to_ego, warp_with_valid
 
 GRID = BEVGrid((-8.0, -8.0, -3.0, 8.0, 8.0, 1.0), (1.0, 1.0, 4.0))  # 16 x 16 cells of 1 m
 COUNTS = torch.tensor([3, 1, 2])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from coperception.structures.records import Detections
 from coperception.fusion import LateFusion, fuse_detections, fuse_points
 from coperception.geometry.boxes import boxes_to_corners
 from coperception.geometry.pose import relative_transform, se3_from_xyz_rpy, transform_points
+from coperception.structures.records import Detections
 
 WORLD_FROM_EGO = se3_from_xyz_rpy(100.0, -20.0, 1.8, yaw=0.3)
 WORLD_FROM_B = se3_from_xyz_rpy(115.0, -5.0, 2.1, roll=0.01, pitch=-0.02, yaw=2.0)

@@ -16,7 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coperception.comm.message import (
-    Boxes, CodebookIndices, Composite, DenseFeatures, Empty, Message, PayloadKind, SparseCells,
+    Boxes,
+    CodebookIndices,
+    Composite,
+    DenseFeatures,
+    Empty,
+    Message,
+    PayloadKind,
+    SparseCells,
 )
 from coperception.comm.wire import WireLimits, decode, encode
 from coperception.errors import WireError

@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon, box as shapely_box
+from shapely.geometry import Polygon
+from shapely.geometry import box as shapely_box
 
-from coperception.geometry.boxes import boxes_to_bev_corners, boxes_to_standup
 import coperception.geometry.nms as nms_module
+from coperception.geometry.boxes import boxes_to_bev_corners, boxes_to_standup
 from coperception.geometry.nms import greedy_keep, nms
 
 

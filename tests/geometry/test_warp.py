@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from coperception.errors import ConfigError
-from coperception.geometry.warp import warp_to_ego, warp_with_valid
 from coperception.geometry.grid import BEVGrid
 from coperception.geometry.pose import se3_from_xyz_rpy
+from coperception.geometry.warp import warp_to_ego, warp_with_valid
 
 # 16 x 16 cells of 1 m centred on the origin: cell centres at -7.5, -6.5, ..., 7.5.
 GRID = BEVGrid((-8.0, -8.0, -3.0, 8.0, 8.0, 1.0), (1.0, 1.0, 4.0))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from coperception.comm.wire import encode
+from coperception.engine.experiment import evaluate_experiment, load_detector, train_experiment
 from coperception.eval.ap import APEvaluator
 from coperception.models.build import build_dataset, build_detector
-from coperception.engine.experiment import evaluate_experiment, load_detector, train_experiment
 from coperception.train import DistInfo
 from coperception.train.precise_bn import update_bn_stats
 

@@ -8,11 +8,11 @@ import torch
 
 from coperception.comm.channel import Channel
 from coperception.comm.strategies import build_strategy
+from coperception.engine.experiment import train_experiment
 from coperception.errors import ConfigError
 from coperception.eval.detection import evaluate_detector
 from coperception.models.build import build_dataset, build_detector
 from coperception.models.config import Component
-from coperception.engine.experiment import train_experiment
 from coperception.train import DistInfo
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from coperception.cli import main
+from coperception.engine.experiment import train_experiment
+from coperception.engine.sweep import parse_strategy
 from coperception.errors import ConfigError
 from coperception.eval.sweep import SweepPoint, run_sweep
-from coperception.engine.sweep import parse_strategy
 from coperception.models.build import build_dataset, build_detector
-from coperception.engine.experiment import train_experiment
 from coperception.train import DistInfo
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from coperception.errors import ConfigError
 from coperception.engine.commands import generate as commands
+from coperception.errors import ConfigError
 from coperception.sim.config import SimConfig, spawn_slot_count
 from coperception.sim.generator import generate
 from coperception.sim.scenarios import load_sim_config, preset_names

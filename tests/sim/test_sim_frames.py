@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from coperception.structures.records import OBJECT_CLASSES
 from coperception.sim.simulation import Simulation
+from coperception.structures.records import OBJECT_CLASSES
 
 
 def _frames(cfg, seed, n=3):

@@ -86,9 +86,8 @@ def test_dair_v2x_read_back(tmp_path, tiny_config):
 
 def test_opencood_dataset_loads_generated_opv2v(tmp_path, tiny_config):
     datasets = pytest.importorskip("opencood.data_utils.datasets")
-    from opencood.hypes_yaml.yaml_utils import load_point_pillar_params, load_yaml
-
     import opencood
+    from opencood.hypes_yaml.yaml_utils import load_point_pillar_params, load_yaml
     cfg = tiny_config(agents={"cavs": 2, "rsus": 0})  # opencoodx would make an RSU '-1' the ego
     generate(tmp_path, cfg, scenarios=1, frames=2, fmt="opv2v", seed=8, split_ratios=(0, 0, 1))
     hypes = Path(opencood.__file__).parent / "hypes_yaml" / "point_pillar_early_fusion.yaml"

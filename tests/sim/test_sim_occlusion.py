@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from coperception.geometry.pose import se3_from_xyz_rpy
+from coperception.sim.config import LidarConfig, TownConfig
 from coperception.sim.generator import frame_visibility
 from coperception.sim.ground import CURB, CURB_HEIGHT, FIELD, ROAD, SIDEWALK, Ground
 from coperception.sim.lidar import lidar_model, lidar_returns, rotate_rows
 from coperception.sim.objects import CLASS_INDEX, PARTS_PER_OBJECT, part_boxes
 from coperception.sim.raycast import Mesh, RayBatch, box_mesh, cast_rays, count_hits, quad_mesh
 from coperception.sim.roads import build_road_network
-from coperception.sim.config import LidarConfig, TownConfig
 from coperception.sim.simulation import Simulation
 from coperception.sim.world import _block_cells
 
@@ -100,7 +100,7 @@ def test_analytic_ground_equals_triangle_ground():
 
 def test_presets_hide_objects_that_collaborators_see():
     frame = None
-    for frame in Simulation(_small("blocked_intersection"), seed=0).frames(3):
+    for frame in Simulation(_small("blocked_intersection"), seed=0).frames(3):  # noqa: B007 (the last one is used)
         pass
     n, ego, only = frame_visibility(frame, 50.0)
     assert n > 5 and only >= 2, (n, ego, only)

@@ -6,10 +6,9 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_trainer import Noisy, Regressor, collate  # noqa: E402  (sibling test module)
 
 from coperception.train import TrainConfig, Trainer, init_distributed
-
-from test_trainer import Noisy, Regressor, collate  # noqa: E402  (sibling test module)
 
 
 def _free_port() -> int:

@@ -70,14 +70,13 @@ def generate_data(root: Path, presets: list[str], scenarios: int, frames: int, s
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
     from coperception.engine.commands.evaluate import results_table
-    from coperception.models.config import load_experiment
-    from coperception.engine.experiment import evaluate_experiment, load_detector, train_experiment, write_report
-    from coperception.train import init_distributed
     from coperception.engine.commands.train import RichProgress
+    from coperception.engine.experiment import evaluate_experiment, load_detector, train_experiment, write_report
+    from coperception.models.config import load_experiment
+    from coperception.train import init_distributed
 
     console = Console()
     started = time.perf_counter()

@@ -223,10 +223,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from coperception.eval.sweep import SweepPoint, plot_sweep, run_sweep
-    from coperception.engine.sweep import parse_strategy
-    from coperception.models.build import build_dataset
     from coperception.engine.experiment import load_detector
+    from coperception.engine.sweep import parse_strategy
+    from coperception.eval.sweep import SweepPoint, plot_sweep, run_sweep
+    from coperception.models.build import build_dataset
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model = load_detector(args.checkpoint, device, data_root=args.data_root, agent_frame=args.agent_frame)

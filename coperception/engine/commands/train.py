@@ -64,8 +64,8 @@ def apply_overrides(cfg, args):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from coperception.models.config import load_experiment
     from coperception.engine.experiment import train_experiment
+    from coperception.models.config import load_experiment
     from coperception.train import init_distributed
 
     cfg = apply_overrides(load_experiment(args.config), args)

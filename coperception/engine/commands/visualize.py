@@ -57,8 +57,8 @@ def run_viz(args: argparse.Namespace) -> int:
     from coperception.viz.bev import save_png
 
     if args.checkpoint is not None:
-        from coperception.engine.render import render_example_at
         from coperception.engine.experiment import load_detector
+        from coperception.engine.render import render_example_at
 
         cfg, model = load_detector(args.checkpoint, "cpu", data_root=str(args.data) if args.data else None)
         path = render_example_at(cfg, model, args.out, split=args.split, index=args.index, mode=args.mode,
