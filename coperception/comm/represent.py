@@ -26,6 +26,7 @@ Representations:
 from __future__ import annotations
 
 import zlib
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -54,6 +55,29 @@ def _scatter(values: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int,
 
 def _np_indices(payload) -> torch.Tensor:
     return torch.from_numpy(np.asarray(payload.indices, dtype=np.int64))
+
+
+@runtime_checkable
+class Representation(Protocol):
+    """How a strategy's cells travel: floats, a learned compressor, codebook codes.
+
+    ``payload(features (C, H, W), indices (K,) flat cells or None = all, dtype)`` -> a wire payload;
+    ``restore(payload, device)`` -> ((C, H, W) features, (1, H, W) mask) on the receiver, from the
+    payload alone; ``roundtrip(features (N, C, H, W))`` -> (features, aux losses), the
+    differentiable stand-in used in training; ``wire_channels`` / ``cell_min_bytes`` size a cell.
+    """
+
+    @property
+    def wire_channels(self) -> int: ...
+
+    @property
+    def cell_min_bytes(self) -> int: ...
+
+    def payload(self, features: torch.Tensor, indices: torch.Tensor | None, dtype: str | None = None) -> Payload: ...
+
+    def restore(self, payload: Payload, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def roundtrip(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 class FloatCells(nn.Module):
@@ -258,3 +282,7 @@ class Codebook(nn.Module):
             scale = 1.0 if s == 0 else 0.1
             self.codes.data[g, s, k] = zg[row, g] * scale
         self.idle_steps.masked_fill_(dead, 0)
+
+
+#: Representations by name: ``REPRESENTATIONS[name](channels, **args)``.
+REPRESENTATIONS: dict[str, type] = {"float": FloatCells, "compressor": Compressor, "codebook": Codebook}

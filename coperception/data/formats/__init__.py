@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from coperception.data.formats.dair_v2x import DairV2XReader, DairV2XWriter
 from coperception.data.formats.opv2v import OPV2VReader, OPV2VWriter
 from coperception.errors import ConfigError
+from coperception.data.formats.reader import Reader
 
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
 
@@ -58,4 +59,4 @@ def open_writer(name: str, root, split: str, **options):
 WRITERS = {name: spec.writer for name, spec in FORMATS.items()}
 READERS = {name: spec.reader for name, spec in FORMATS.items()}
 
-__all__ = ["FORMATS", "READERS", "SPLITS", "WRITERS", "FormatSpec", "get_format", "open_reader", "open_writer"]
+__all__ = ["FORMATS", "READERS", "Reader", "SPLITS", "WRITERS", "FormatSpec", "get_format", "open_reader", "open_writer"]
