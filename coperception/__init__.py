@@ -1,7 +1,8 @@
 """coperception: collaborative (V2X) perception under a bandwidth budget.
 
-Stages (one subpackage each): geometry, data, sim, encoders, comm, fusion, heads, models,
-train, eval, drive, viz. See DESIGN.md in the repository for the flow of one frame.
+Stages (one subpackage each): geometry, structures, data, sim, encoders, comm, fusion, heads,
+models, train, eval, drive, viz, engine. docs/architecture.md has the flow of one frame and the
+layers.
 """
 
 __version__ = "0.1.0"

@@ -22,7 +22,7 @@ Which frame a collaborator's cloud is encoded in (``agent_frame``: ``"own"``, ``
 
 Ground truth follows OpenCOOD: world boxes to the ego frame, kept when all 8 corners lie inside
 ``grid.lidar_range`` (z included). When the ego is a road-side unit, z is not tested: its LiDAR
-sits metres above the road, and OpenCOOD's z test would drop every object (see REFERENCE.md).
+sits metres above the road, and OpenCOOD's z test would drop every object.
 When the frame says which agent sees which object (``Frame.visibility``), only objects seen by
 at least one chosen agent are kept (OpenCOOD's union of the agents' labels).
 

@@ -1,7 +1,7 @@
 """Builders: an :class:`ExperimentConfig` -> detector, datasets and loaders.
 
-The only place where configs are read into constructor calls (STYLE.md: configs are read in
-one place); derived values (grid, stride, channels) are computed here, never in YAML.
+The only place where configs are read into constructor calls (configs are read in one
+place); derived values (grid, stride, channels) are computed here, never in YAML.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One cooperative detector: encoder -> (message selection) -> fusion -> head, each passed in.
 
 Early, late and intermediate collaboration are not forked model classes but modes of this one
-module (STYLE.md: compose, don't copy variants):
+module (compose, don't copy variants):
 
 * ``single``: the ego's own map only (no collaboration), the lower bound;
 * ``early``: the dataset already fused the raw points (one cloud per sample);
