@@ -7,12 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon
 
 import coperception.eval.ap as ap_module
 from coperception.errors import BoxError
 from coperception.eval.ap import APEvaluator, voc_ap
 from coperception.geometry.boxes import boxes_to_bev_corners, boxes_to_corners
+
+
+def _shapely():
+    """Shapely, for the polygon reference of the tests that use it (skipped where it is missing)."""
+    return pytest.importorskip("shapely.geometry")
+
 
 
 def _eval_utils():
@@ -61,8 +66,8 @@ def _heal_reference(frames, thresholds=THRESHOLDS):
             if dets is None:
                 continue
             dets = np.asarray(dets, dtype=np.float64).reshape(-1, 7)
-            remaining = [Polygon(q) for q in boxes_to_bev_corners(gt)]
-            det_polys = [Polygon(q) for q in boxes_to_bev_corners(dets)]
+            remaining = [_shapely().Polygon(q) for q in boxes_to_bev_corners(gt)]
+            det_polys = [_shapely().Polygon(q) for q in boxes_to_bev_corners(dets)]
             for i in np.argsort(-np.asarray(scores), kind="stable"):
                 ious = np.array([det_polys[i].intersection(g).area / det_polys[i].union(g).area for g in remaining],
                                 dtype=np.float32)

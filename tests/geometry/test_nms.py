@@ -5,12 +5,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon
-from shapely.geometry import box as shapely_box
 
 import coperception.geometry.nms as nms_module
 from coperception.geometry.boxes import boxes_to_bev_corners, boxes_to_standup
 from coperception.geometry.nms import greedy_keep, nms
+
+
+def _shapely():
+    """Shapely, for the polygon reference of the tests that use it (skipped where it is missing)."""
+    return pytest.importorskip("shapely.geometry")
+
 
 
 def clustered_boxes(n, seed, dtype=torch.float64):
@@ -25,8 +29,8 @@ def clustered_boxes(n, seed, dtype=torch.float64):
 
 def polygons(boxes, mode):
     if mode == "standup":
-        return [shapely_box(*r) for r in boxes_to_standup(boxes).numpy()]
-    return [Polygon(q) for q in boxes_to_bev_corners(boxes).numpy()]
+        return [_shapely().box(*r) for r in boxes_to_standup(boxes).numpy()]
+    return [_shapely().Polygon(q) for q in boxes_to_bev_corners(boxes).numpy()]
 
 
 def iou(p, q):

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon
 
 from coperception.geometry.boxes import boxes_to_bev_corners, boxes_to_standup
 from coperception.geometry.grid import BEVGrid
@@ -14,6 +13,12 @@ from coperception.heads.coder import decode_boxes, direction_target
 from coperception.heads.targets import TargetAssigner, opencood_standup_iou
 
 GRID = BEVGrid((-8.0, -6.4, -3.0, 8.0, 6.4, 1.0), (0.8, 0.8, 4.0))  # 20 x 16 cells
+
+
+def _shapely():
+    """Shapely, for the polygon reference of the tests that use it (skipped where it is missing)."""
+    return pytest.importorskip("shapely.geometry")
+
 
 
 def random_gt(n, seed):
@@ -27,8 +32,8 @@ def random_gt(n, seed):
 def brute_iou(anchors, gt, mode):
     out = np.zeros((len(anchors), len(gt)))
     if mode == "rotated":
-        pa = [Polygon(q) for q in boxes_to_bev_corners(anchors.double()).numpy()]
-        pg = [Polygon(q) for q in boxes_to_bev_corners(gt.double()).numpy()]
+        pa = [_shapely().Polygon(q) for q in boxes_to_bev_corners(anchors.double()).numpy()]
+        pg = [_shapely().Polygon(q) for q in boxes_to_bev_corners(gt.double()).numpy()]
     ha, hg = boxes_to_standup(anchors.double()).numpy(), boxes_to_standup(gt.double()).numpy()
     for i in range(len(anchors)):
         for j in range(len(gt)):
