@@ -165,8 +165,9 @@ class CarlaBackend:
         rng = np.random.default_rng(seed)
         spawns = list(self._map.get_spawn_points())
         free = [int(i) for i in rng.permutation(len(spawns))]
-        ego = self._spawn_vehicle(self._opts["ego_blueprint"], spawns, free, EGO_ID, rng, hero=True)
-        chain = chain_route(self._map.get_waypoint(ego.get_location()), self._opts["route_length"],
+        ego, start = self._spawn_vehicle(self._opts["ego_blueprint"], spawns, free, EGO_ID, rng, hero=True)
+        # A synchronous world reports a new actor's pose only after the next tick: use the spawn point.
+        chain = chain_route(self._map.get_waypoint(start.location), self._opts["route_length"],
                             _ROUTE_STEP, lambda n: int(rng.integers(n)))
         route = Route(route_xy(chain))
         self._route_lanes = {(w.road_id, w.lane_id) for w in chain if not w.is_junction}
@@ -201,6 +202,7 @@ class CarlaBackend:
 
     def close(self) -> None:
         self._destroy_actors()
+        self._clear_episode()
         try:
             self._synchronous(False, 0)
         except RuntimeError as exc:  # the server is gone; nothing left to restore
@@ -246,8 +248,9 @@ class CarlaBackend:
 
     def _spawn_vehicle(self, pattern: str, spawns: list, free: list[int], agent_id: str,
                        rng: np.random.Generator, hero: bool = False, autopilot: bool = False,
-                       agent: bool = True) -> Any:
-        """Spawn a vehicle of blueprint ``pattern`` at the first free spawn point that is clear."""
+                       agent: bool = True) -> tuple[Any, Any]:
+        """Spawn a vehicle of blueprint ``pattern`` at the first free spawn point that is clear;
+        returns the actor and that spawn point."""
         library = self._world.get_blueprint_library()
         if pattern.endswith("*"):  # background and collaborating traffic: cars only (no bikes)
             candidates = [bp for bp in library.filter(pattern) if bp.has_attribute("number_of_wheels")
@@ -257,7 +260,8 @@ class CarlaBackend:
         bp = candidates[int(rng.integers(len(candidates)))]
         bp.set_attribute("role_name", "hero" if hero else agent_id)
         while free:
-            actor = self._world.try_spawn_actor(bp, spawns[free.pop(0)])
+            spawn = spawns[free.pop(0)]
+            actor = self._world.try_spawn_actor(bp, spawn)
             if actor is not None:
                 break
         else:
@@ -272,7 +276,7 @@ class CarlaBackend:
             self._vehicles[agent_id] = actor
             self._max_steer[agent_id] = max_steer_deg(actor)
             self._attach_lidar(agent_id, AgentKind.VEHICLE, parent=actor)
-        return actor
+        return actor, spawn
 
     def _spawn_collaborators(self, spawns: list, free: list[int], route: Route, rng: np.random.Generator) -> None:
         """Connected vehicles at the free spawn points closest to the route, on autopilot."""

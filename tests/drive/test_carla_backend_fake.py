@@ -46,7 +46,7 @@ class _Map:
                 for lane in (0, 1)]
 
     def get_waypoint(self, loc, project_to_road=True, lane_type=None):
-        return _Waypoint(2.0 * round(loc.x / 2.0), int(round(loc.y / 3.5)))
+        return _Waypoint(2.0 * round(loc.x / 2.0), round(loc.y / 3.5))
 
 
 class _Blueprint:
@@ -77,9 +77,11 @@ class _Actor:
         self.id, self.type_id, self.attributes = world.next_id(), bp.id, dict(bp.attrs)
         self.speed, self.control, self.autopilot, self.alive, self.callback = 0.0, None, False, True, None
         self.bounding_box = carla.BoundingBox(carla.Location(0.0, 0.0, 0.8), carla.Vector3D(2.4, 1.0, 0.8))
-        self.is_listening = False
+        self.is_listening, self.born = False, world.frame
 
     def get_transform(self):
+        if self.world.frame == self.born:  # a synchronous world reports new actors only after a tick
+            return carla.Transform()
         if self.parent is None:
             return self.rel
         p = self.parent.get_transform()
@@ -145,7 +147,7 @@ class _World:
         return self.actors[-1]
 
     def try_spawn_actor(self, bp, transform):
-        taken = any(a.parent is None and a.get_location().distance(transform.location) < 1 for a in self.actors)
+        taken = any(a.parent is None and a.rel.location.distance(transform.location) < 1 for a in self.actors)
         return None if taken else self.spawn_actor(bp, transform)
 
     def get_snapshot(self):
@@ -248,7 +250,7 @@ def test_reset_twice_replaces_actors_and_unknown_family(fake):
     backend, world, _ = fake
     backend.reset("route", 4)
     n = len(world.actors)
-    info, _ = backend.reset("route", 4)
+    backend.reset("route", 4)
     assert len(world.actors) == n  # the first episode's actors were destroyed
     with pytest.raises(ConfigError, match="not implemented on CARLA"):
         backend.reset("occluded_crossing", 0)
