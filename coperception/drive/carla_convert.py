@@ -30,6 +30,9 @@ from coperception.geometry.pose import se3_from_xyz_rpy
 #: CARLA's default ``WheelPhysicsControl.max_steer_angle`` (degrees) of front wheels.
 DEFAULT_MAX_STEER_DEG = 70.0
 
+#: Actuator limits the control maps use when none are given (the kinematic model's defaults).
+DEFAULT_LIMITS = VehicleLimits()
+
 # OpenCV camera axes (x right, y down, z forward) expressed in the library's sensor axes
 # (x forward, y left, z up); columns are the OpenCV axes.
 _SENSOR_FROM_OPENCV = np.array([[0.0, 0.0, 1.0, 0.0],
@@ -41,7 +44,7 @@ _SENSOR_FROM_OPENCV = np.array([[0.0, 0.0, 1.0, 0.0],
 def import_carla() -> Any:
     """The ``carla`` client module, or a ConfigError saying how to install it."""
     try:
-        import carla  # noqa: PLC0415 - optional dependency, imported only when a CARLA object is built
+        import carla  # optional dependency: imported only when a CARLA object is built
     except ImportError as exc:
         raise ConfigError("the CARLA backend needs the CARLA 0.9.16 Python client: "
                           "pip install -e .[carla]  (or pip install carla==0.9.16)") from exc
@@ -157,7 +160,7 @@ def max_steer_deg(vehicle: Any | None) -> float:
 
 
 def control_to_throttle_steer_brake(control: Control, max_steer: float = DEFAULT_MAX_STEER_DEG,
-                                    limits: VehicleLimits = VehicleLimits()) -> tuple[float, float, float]:
+                                    limits: VehicleLimits = DEFAULT_LIMITS) -> tuple[float, float, float]:
     """Library ``Control`` -> CARLA ``(throttle, steer, brake)``.
 
     Linear maps: ``throttle = accel / max_accel``, ``brake = -accel / max_decel`` (each clipped
@@ -174,7 +177,7 @@ def control_to_throttle_steer_brake(control: Control, max_steer: float = DEFAULT
 
 
 def control_to_vehicle_control(control: Control, max_steer: float = DEFAULT_MAX_STEER_DEG,
-                               limits: VehicleLimits = VehicleLimits()) -> Any:
+                               limits: VehicleLimits = DEFAULT_LIMITS) -> Any:
     """Library ``Control`` -> ``carla.VehicleControl`` (see :func:`control_to_throttle_steer_brake`)."""
     carla = import_carla()
     throttle, steer, brake = control_to_throttle_steer_brake(control, max_steer, limits)
@@ -182,7 +185,7 @@ def control_to_vehicle_control(control: Control, max_steer: float = DEFAULT_MAX_
 
 
 def vehicle_control_to_control(vc: Any, max_steer: float = DEFAULT_MAX_STEER_DEG,
-                               limits: VehicleLimits = VehicleLimits()) -> Control:
+                               limits: VehicleLimits = DEFAULT_LIMITS) -> Control:
     """``carla.VehicleControl`` -> library ``Control`` (inverse of the linear maps above)."""
     accel = vc.throttle * limits.max_accel - vc.brake * limits.max_decel
     return Control(accel=float(accel), steer=float(np.radians(-vc.steer * max_steer)))
