@@ -70,6 +70,14 @@ def test_bad_configuration_is_named_before_connecting(kwargs, field):
         CarlaBackend(**kwargs)
 
 
+def test_without_the_client_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "carla", None)  # as if carla were not installed
+    with pytest.raises(ConfigError, match=r"pip install -e \.\[carla\]"):
+        CarlaBackend(timeout=1.0)
+
+
 def test_address_family_and_town_checks():
     assert parse_address("localhost:2000") == ("localhost", 2000)
     with pytest.raises(ValueError, match="host:port"):
