@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping
 
 import numpy as np
 
-from coperception.drive.control import PurePursuit, SpeedPID
+from coperception.drive.control import DEFAULT_LIMITS, PurePursuit, SpeedPID
 from coperception.drive.dynamics import VehicleLimits
 from coperception.drive.planner import Plan, PlannerConfig, SpeedPlanner
 from coperception.drive.records import Control, Route, Tick, VehicleState
@@ -50,7 +50,7 @@ class PerceivedObjects:
         object.__setattr__(self, "scores", scores)
 
     @staticmethod
-    def empty() -> "PerceivedObjects":
+    def empty() -> PerceivedObjects:
         return PerceivedObjects(np.zeros((0, 7)), np.zeros(0, np.int64), np.zeros(0))
 
 
@@ -100,7 +100,7 @@ class AgentConfig:
             raise ConfigError(f"agent track_smoothing must be in (0, 1], got {self.track_smoothing}")
 
     @staticmethod
-    def from_dict(values: Mapping[str, float]) -> "AgentConfig":
+    def from_dict(values: Mapping[str, float]) -> AgentConfig:
         known = {f.name for f in fields(AgentConfig)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -128,7 +128,7 @@ class DrivingAgent:
     """Drives ``route`` from perceived objects: ``act(tick, perceived) -> Control``."""
 
     def __init__(self, route: Route, config: AgentConfig = AgentConfig(),
-                 limits: VehicleLimits = VehicleLimits()) -> None:
+                 limits: VehicleLimits = DEFAULT_LIMITS) -> None:
         self.route, self.config, self.limits = route, config, limits
         self.planner = SpeedPlanner(route, config.planner_config(), limits)
         self.steering = PurePursuit(config.lookahead_gain, config.min_lookahead, config.max_lookahead)

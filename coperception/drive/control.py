@@ -18,6 +18,9 @@ import numpy as np
 from coperception.drive.dynamics import VehicleLimits
 from coperception.drive.records import Route, VehicleState
 
+#: The default vehicle's actuator limits (one shared immutable instance).
+DEFAULT_LIMITS = VehicleLimits()
+
 
 def route_points(route: Route, s: np.ndarray) -> np.ndarray:
     """(M, 2) points at arc lengths ``s``; beyond the goal the last segment is extended straight
@@ -57,7 +60,7 @@ class PurePursuit:
         s, _ = route.project(rear_axle(state))
         return route_points(route, np.array([s + self.lookahead(state.speed)]))[0]
 
-    def steer(self, route: Route, state: VehicleState, limits: VehicleLimits = VehicleLimits()) -> float:
+    def steer(self, route: Route, state: VehicleState, limits: VehicleLimits = DEFAULT_LIMITS) -> float:
         """Front-wheel angle (rad) towards the target point, clipped to ``limits.max_steer``."""
         rear = rear_axle(state)
         d = self.target_point(route, state) - rear
@@ -78,7 +81,7 @@ class SpeedPID:
     """
 
     def __init__(self, kp: float = 1.0, ki: float = 0.1, kd: float = 0.0,
-                 limits: VehicleLimits = VehicleLimits(), hold_brake: float = 1.0,
+                 limits: VehicleLimits = DEFAULT_LIMITS, hold_brake: float = 1.0,
                  integral_band: float = 1.0) -> None:
         if min(kp, ki, kd, hold_brake, integral_band) < 0:
             raise ValueError(f"PID gains, hold_brake and integral_band must be >= 0, got kp={kp}, ki={ki}, "

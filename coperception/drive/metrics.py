@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from coperception.drive.records import Event, EventKind, Route, Tick, VehicleState, route_timeout
+from coperception.drive.records import (
+    Event,
+    EventKind,
+    Route,
+    Tick,
+    VehicleState,
+    route_timeout,
+)
 
 #: Leaderboard names of the infraction lists, per event kind.
 INFRACTION_KEYS: dict[EventKind, str] = {
@@ -107,14 +114,15 @@ class Infraction:
         return {"time": self.time, "other": self.other, "x": self.x, "y": self.y, "value": self.value}
 
     @staticmethod
-    def from_json(d: Mapping) -> "Infraction":
+    def from_json(d: Mapping) -> Infraction:
         return Infraction(float(d["time"]), str(d.get("other", "")), float(d.get("x", 0.0)),
                           float(d.get("y", 0.0)), float(d.get("value", 0.0)))
 
 
 def outside_lanes_percentage(metres: float, driven_m: float) -> float:
     """The leaderboard's off-lane percentage: metres outside the route's lanes over the route
-    distance travelled (``OutsideRouteLanesTest``: "% of the completed route"), at most 100."""
+    distance travelled (``OutsideRouteLanesTest``: "% of the completed route"; not of the whole
+    route's length), at most 100."""
     if metres <= 0:
         return 0.0
     return float(min(100.0, 100.0 * metres / max(driven_m, metres)))
@@ -195,7 +203,7 @@ class EpisodeResult:
         }
 
     @staticmethod
-    def from_json(d: Mapping) -> "EpisodeResult":
+    def from_json(d: Mapping) -> EpisodeResult:
         try:
             meta, scores = d["meta"], d["scores"]
             infractions = _empty_infractions()
@@ -252,12 +260,6 @@ def global_statistics(results: Sequence[EpisodeResult]) -> dict:
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return float(np.mean(values)), float(np.std(values))
-
-
 def summarize(results: Sequence[EpisodeResult]) -> list[dict]:
     """One row per (perception, family): ``n`` episodes, ``crashed`` count (excluded from the
     means), and ``<metric>_mean`` / ``<metric>_std`` over seeds of ds, rc, is,
@@ -278,7 +280,8 @@ def summarize(results: Sequence[EpisodeResult]) -> list[dict]:
             "bytes_per_agent_tick": [r.bytes_per_agent_tick for r in ok],
         }
         for name, values in metrics.items():
-            row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(values)
+            row[f"{name}_mean"] = float(np.mean(values)) if values else math.nan
+            row[f"{name}_std"] = float(np.std(values)) if values else math.nan
         rows.append(row)
     return rows
 
@@ -308,6 +311,7 @@ class EpisodeMonitor:
     on timeout (elapsed time > ``timeout``), or when the backend reports one of these kinds.
     Collisions and other events are kept as the backend reports them (once per contact);
     ``outside_route_lanes`` metres are summed into one entry, as the leaderboard's single event.
+    ``rate_hz`` is the backend's tick rate (the rules themselves are in seconds and metres).
     """
 
     def __init__(self, route: Route, rate_hz: float, timeout: float | None = None) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from coperception.data.records import OBJECT_CLASSES
-from coperception.drive.control import route_points
+from coperception.drive.control import DEFAULT_LIMITS, route_points
 from coperception.drive.dynamics import VehicleLimits
 from coperception.drive.metrics import footprints_overlap, time_to_collision
 from coperception.drive.records import Route, VehicleState
@@ -90,7 +90,7 @@ class SpeedPlanner:
     """Plans the ego's acceleration along ``route`` from tracked objects and stop lines."""
 
     def __init__(self, route: Route, config: PlannerConfig = PlannerConfig(),
-                 limits: VehicleLimits = VehicleLimits()) -> None:
+                 limits: VehicleLimits = DEFAULT_LIMITS) -> None:
         self.route, self.config, self.limits = route, config, limits
 
     def corridor_length(self, speed: float) -> float:

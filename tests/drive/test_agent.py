@@ -16,7 +16,7 @@ def _tick(t, ego, boxes, classes):
     """A Tick whose ground truth holds the ego's own box and ``boxes``."""
     all_boxes = np.concatenate([ego.box()[None], boxes])
     objects = ObjectSet(all_boxes, np.arange(len(all_boxes)), [0, *classes], [ego.speed, *[0.0] * len(boxes)])
-    return Tick(t, Frame("straight", int(round(t * 10)), "ego", {}, objects), ego)
+    return Tick(t, Frame("straight", round(t * 10), "ego", {}, objects), ego)
 
 
 def _ground_truth(tick):
@@ -26,7 +26,7 @@ def _ground_truth(tick):
 
 def _drive(agent, ego, seconds, perceive, dt=0.1, reasons=None):
     states = []
-    for k in range(int(round(seconds / dt))):
+    for k in range(round(seconds / dt)):
         tick = _tick(k * dt, ego, PARKED[None], [0])
         ego = step_bicycle(ego, agent.act(tick, perceive(k, tick)), dt, agent.limits)
         states.append(ego)

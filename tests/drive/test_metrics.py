@@ -5,15 +5,23 @@ import numpy as np
 import pytest
 
 from coperception.data.records import Frame, ObjectSet
-from coperception.drive.metrics import (EpisodeMonitor, EpisodeResult, Infraction, footprints_overlap,
-                                        global_statistics, score_route, summarize, time_to_collision)
+from coperception.drive.metrics import (
+    EpisodeMonitor,
+    EpisodeResult,
+    Infraction,
+    footprints_overlap,
+    global_statistics,
+    score_route,
+    summarize,
+    time_to_collision,
+)
 from coperception.drive.records import Event, EventKind, Route, Tick, VehicleState
 
 STRAIGHT_200 = Route(np.array([[0.0, 0.0], [200.0, 0.0]]))
 
 
 def _tick(t, x, y=0.0, speed=5.0, events=(), objects=None):
-    frame = Frame("s", int(round(t * 10)), "ego", {}, objects if objects is not None else ObjectSet.empty())
+    frame = Frame("s", round(t * 10), "ego", {}, objects if objects is not None else ObjectSet.empty())
     return Tick(t, frame, VehicleState(x, y, 0.0, speed), list(events))
 
 
@@ -97,7 +105,7 @@ def test_blocked_after_30s_below_half_a_metre_per_second():
     assert m.failure == "vehicle_blocked"
     # Moving resets the clock.
     m2 = EpisodeMonitor(STRAIGHT_200, rate_hz=10)
-    for k in range(0, 300):
+    for k in range(300):
         m2.update(_tick(k / 10, 0.0, speed=0.0))
     m2.update(_tick(30.0, 0.1, speed=1.0))
     assert not m2.update(_tick(59.9, 0.1, speed=0.0)) and m2.update(_tick(60.0, 0.1, speed=0.0))

@@ -26,7 +26,7 @@ def _run(objects, seconds, ego=None, signals=lambda t: None, dt=0.1):
     planner, pid = SpeedPlanner(ROUTE), SpeedPID()
     s = ego or VehicleState(0.0, 0.0, 0.0, 8.0)
     states, plans, seen = [], [], []
-    for k in range(int(round(seconds / dt))):
+    for k in range(round(seconds / dt)):
         boxes, vel, labels = objects(k * dt)
         plan = planner.plan(s, boxes, vel, labels, signals(k * dt))
         a = plan.accel if plan.reason == "emergency" else pid.accel(plan.target_speed, s.speed, dt, upper=plan.accel)
@@ -68,7 +68,7 @@ def test_yields_to_a_pedestrian_predicted_to_enter_and_then_goes():
     first = planner.plan(VehicleState(0.0, 0.0, 0.0, 8.0), *walker(0.0))
     assert first.reason == "yield" and first.accel < -1.0
     assert first.gap == pytest.approx(25.0 - 1.25 - 2.3, abs=0.6)  # where the inflated pedestrian enters
-    states, plans, seen = _run(walker, 20.0)
+    states, _, seen = _run(walker, 20.0)
     assert not _collided(states, seen)
     assert states[-1].x > 40.0  # passed once the way was clear
     # The same pedestrian walking along the kerb never enters: the ego cruises.
