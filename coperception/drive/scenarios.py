@@ -139,7 +139,7 @@ def _turn_zone(sim: DrivenSimulation, route: Route) -> tuple[float, float, float
 # ----------------------------------------------------------------------------------- families
 def occluded_crossing(base: SimConfig, seed: int, threads: int = 0) -> Scenario:
     town = base.town
-    need_segment(town, 60.0, "occluded_crossing")
+    need_segment(town, 66.0, "occluded_crossing")
     if town.parking_width < 2.4 or town.sidewalk_width < 2.0:
         raise ConfigError(f"town.parking_width/sidewalk_width: occluded_crossing parks a truck at the curb and "
                           f"starts a walker on the sidewalk; need >= 2.4 / 2.0 m, got {town.parking_width} / "
@@ -149,7 +149,7 @@ def occluded_crossing(base: SimConfig, seed: int, threads: int = 0) -> Scenario:
     L, lw, hs = town.lanes_per_direction, town.lane_width, town.road_half_width
     gap = rng.uniform(10.0, 14.0)  # occluder's front to the junction edge (m)
     heavy, walker = ("truck", "bus")[int(rng.integers(2))], bool(rng.random() < 0.5)
-    placements = (_ego(L - 1, rng.uniform(40.0, 50.0), "straight", rng.uniform(7.0, 9.0), f),
+    placements = (_ego(L - 1, rng.uniform(50.0, 60.0), "straight", rng.uniform(7.0, 9.0), f),
                   Placement("cav", "car", f.leg("ahead"), 0, rng.uniform(12.0, 20.0), f.grid, None, "straight"),
                   Placement("cav", "car", f.leg("right"), 0, rng.uniform(5.0, 15.0), f.grid, None, None))
 
