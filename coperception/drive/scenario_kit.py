@@ -21,6 +21,8 @@ from coperception.sim.driven import DrivenSimulation, PathActor
 from coperception.sim.roads import SIDE_VECTORS, SIDES, RoadNetwork
 from coperception.sim.traffic import B_MAX
 
+COMFORT_DECEL = 2.5  # m/s^2 an ego is assumed to brake at before a turn
+
 
 @dataclass(frozen=True)
 class JunctionFrame:
@@ -156,7 +158,10 @@ class Trigger:
     """Starts a scripted road user (a :class:`PathActor` or traffic row ``vehicle``) once the ego,
     at its current speed (see :meth:`ego_time`), would reach the conflict point (route
     arc ``route_s``) no later than the actor (arc ``actor_s`` of its path), accelerating at
-    ``accel`` to ``v_target``. A traffic row waits standing (accel override) until then."""
+    ``accel`` to ``v_target``. A traffic row waits standing (accel override) until then. With
+    ``sync_until`` > 0 a started :class:`PathActor` keeps adjusting its speed (between half and
+    all of ``v_target``) to arrive with the ego until it is that close to the conflict (the
+    scenario runner's ``SyncArrival``), then keeps its speed."""
 
     route_s: float
     actor_s: float
@@ -167,18 +172,26 @@ class Trigger:
     vehicle_lanes: list[int] = field(default_factory=list)
     v_floor: float = 2.0
     slow_zone: tuple[float, float, float] | None = None
+    sync_until: float = 0.0
     fired_at: float | None = None
 
     def ego_time(self, front_s: float, speed: float) -> float:
         """Seconds the ego needs from route arc ``front_s`` (its front) to the conflict at ``speed``
-        (at least ``v_floor``), at most ``v`` inside ``slow_zone = (s0, s1, v)`` (a turn)."""
+        (at least ``v_floor``); with ``slow_zone = (s0, s1, v)`` (a turn) it brakes at
+        ``COMFORT_DECEL`` to ``v`` before ``s0``, keeps ``v`` to ``s1`` and then drives at the mean of
+        the two speeds."""
         v = max(speed, self.v_floor)
-        d = max(self.route_s - front_s, 0.0)
         if self.slow_zone is None:
-            return d / v
+            return max(self.route_s - front_s, 0.0) / v
         s0, s1, v_slow = self.slow_zone
-        slow = max(0.0, min(self.route_s, s1) - max(front_s, s0))
-        return (d - slow) / v + slow / min(v, v_slow)
+        pre = max(min(self.route_s, s0) - front_s, 0.0)
+        turn = max(min(self.route_s, s1) - max(front_s, s0), 0.0)
+        post = max(self.route_s - max(front_s, s1), 0.0)  # speeding up again after the turn
+        brake = min(pre, max(v * v - v_slow * v_slow, 0.0) / (2 * COMFORT_DECEL))
+        v_end = np.sqrt(max(v * v - 2 * COMFORT_DECEL * brake, 0.0))
+        v_turn = min(v, v_slow)
+        return ((pre - brake) / v + 2 * brake / max(v + v_end, 1e-6) + turn / v_turn
+                + post / (0.5 * (v_turn + v)))
 
     def _actor_state(self, sim: DrivenSimulation) -> tuple[float, float]:
         if self.actor is not None:
@@ -194,10 +207,15 @@ class Trigger:
         s, v = self._actor_state(sim)
         if self.fired_at is None:
             t_ego = self.ego_time(ego_s + ego.length / 2, ego.speed)
-            if t_ego <= time_to_cover(self.actor_s - s, v, self.v_target, self.accel):
+            lead = 1.4 if self.sync_until > 0 else 1.0  # a synchronised actor starts early, then slows
+            if t_ego <= lead * time_to_cover(self.actor_s - s, v, self.v_target, self.accel):
                 self.fired_at = sim.time
         if self.actor is not None:
             self.actor.started = self.fired_at is not None
+            remaining = self.actor_s - s
+            if self.actor.started and remaining > self.sync_until > 0:
+                t_ego = self.ego_time(ego_s + ego.length / 2, ego.speed)
+                self.actor.v_target = float(np.clip(remaining / max(t_ego, 1e-3), 0.5 * self.v_target, self.v_target))
             return
         if self.fired_at is None:
             sim.accel_override[self.vehicle] = -B_MAX if v > 0 else 0.0

@@ -241,11 +241,15 @@ def vehicle_turning(base: SimConfig, seed: int, threads: int = 0) -> Scenario:
 
     def setup(sim, route, rng):
         a = sign * (hs + past)
-        # It walks along the near sidewalk towards the crossing, hidden by the corner building.
-        path = np.stack([f.world(a + sign * 6.0, -(hs + 1.5)), f.world(a, -(hs + 1.5)), f.world(a, hs + 1.5)])
-        actor, actor_id = _crosser(sim, walker, path, rng)
+        actor, actor_id = _crosser(sim, walker, np.stack([f.world(a, -(hs + 1.5)), f.world(a, hs + 1.5)]), rng)
+        # It comes along the near sidewalk, hidden by the corner building, and starts about 7 s
+        # before the ego (driving in) would reach its path.
+        along = max(6.0, 7.0 * actor.v_target - (hs + 1.5))
+        actor.path = np.stack([f.world(a + sign * along, -(hs + 1.5)), f.world(a, -(hs + 1.5)), f.world(a, hs + 1.5)])
+        actor.__post_init__()
         clear_parked(sim, _zone(f, a, 0.0, 2 * hs + 2.0, 4.0))
         trig = _actor_trigger(route, actor, slow_zone=_turn_zone(sim, route))
+        trig.sync_until = trig.actor_s - (along + 1.5)  # adapts its pace until it steps off the curb
         return [trig], {"crossing": actor_id}
 
     return _assemble("vehicle_turning", seed, base, _Layout(f, placements, ((sign, -1),), setup), rng, threads)

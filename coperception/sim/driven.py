@@ -27,9 +27,9 @@ import numpy as np
 
 from coperception.sim.ground import CURB_HEIGHT
 from coperception.sim.objects import sample_paint
-from coperception.sim.roads import CONNECTOR, MOVEMENTS
+from coperception.sim.roads import CONNECTOR
 from coperception.sim.simulation import Simulation
-from coperception.sim.traffic import B_MAX, Vehicles, advance, choose_next, gaps, idm_acceleration
+from coperception.sim.traffic import B_MAX, Vehicles, advance, gaps, idm_acceleration
 
 
 @dataclass
@@ -83,12 +83,14 @@ class DrivenSimulation(Simulation):
     the first :meth:`set_ego` (before that, and during warm-up, it drives by IDM)."""
 
     def __init__(self, config, seed: int = 0, name: str | None = None, threads: int = 0):
-        self.ego_box: np.ndarray | None = None  # set before the base class runs its warm-up ticks
+        # Set before the base class runs its warm-up ticks, which are then the base class's own.
+        self.ego_box: np.ndarray | None = None
+        self.accel_override: np.ndarray | None = None
+        self.actors: list[PathActor] = []
         super().__init__(config, seed, name, threads)
         self.ego_speed = 0.0
         self.ego_lanes: list[int] = []
         self.accel_override = np.full(len(self.vehicles), np.nan)
-        self.actors: list[PathActor] = []
         self._rng_actors = np.random.default_rng(np.random.SeedSequence([seed, 7]))
         self._base = dict(classes=self.classes, ids=self.ids, paint=self.paint, reflectivity=self.reflectivity)
         self._actor_arrays = dict(classes=np.zeros(0, np.int64), ids=np.zeros(0, np.int64),
@@ -165,8 +167,7 @@ class DrivenSimulation(Simulation):
 
     # ----------------------------------------------------------------------------- dynamics
     def _tick(self, accel_override: np.ndarray | None = None) -> None:
-        if self.ego_box is None and not np.isfinite(getattr(self, "accel_override", np.nan)).any() \
-                and not getattr(self, "actors", None):
+        if self.accel_override is None:  # still in the base class's construction (warm-up)
             super()._tick(accel_override)
             return
         veh, roads = self.vehicles, self.world.roads
@@ -213,8 +214,3 @@ class DrivenSimulation(Simulation):
             on_curb = bool(self.world.ground.in_block(np.array([xy[0]]), np.array([xy[1]]))[0])
             extra[k] = [xy[0], xy[1], a.size[2] / 2 + (CURB_HEIGHT if on_curb else 0.0), *a.size, yaw]
         return np.concatenate([boxes, extra]), np.concatenate([speeds, [a.v for a in self.actors]])
-
-    def next_lane_for(self, lane: int, movement: str) -> int:
-        """The connector of approach ``lane`` taking ``movement`` (-1 if not allowed)."""
-        nxt = choose_next(self.world.roads, lane, np.random.default_rng(0), movement)
-        return nxt if self.world.roads.conn_movement[nxt] == MOVEMENTS.index(movement) else -1

@@ -46,8 +46,8 @@ def gt_threat(route: Route, ego: VehicleState, tick, horizon: float = 2.0) -> bo
     return False
 
 
-def drive(backend, info, tick, seconds: float, brake_on_gt: bool):
-    """Run ``seconds`` of the episode; returns all events and the ticks."""
+def drive(backend, info, tick, seconds: float, brake_on_gt: bool, until_collision: bool = False):
+    """Run ``seconds`` of the episode (or up to the first collision); returns all events and the ticks."""
     v_cruise = max(tick.ego.speed, 5.0)
     sc = backend.scenario
     v_turn = float(min(sc.sim.world.roads.turn_speed[sc.route_lanes[1]], v_cruise))
@@ -59,4 +59,6 @@ def drive(backend, info, tick, seconds: float, brake_on_gt: bool):
         tick = backend.step({tick.frame.ego_id: c})
         events += tick.events
         ticks.append(tick)
+        if until_collision and any(e.kind.value.startswith("collision") for e in tick.events):
+            break
     return events, ticks

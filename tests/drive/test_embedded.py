@@ -232,3 +232,14 @@ def test_traffic_behind_the_ego_follows_it_and_stops(tiny_town):
         assert not boxes_overlap(boxes[0], boxes[1])[0, 0]
     gap = np.linalg.norm(boxes[1, :2] - boxes[0, :2]) - (boxes[0, 3] + boxes[1, 3]) / 2
     assert speeds[0] == 0.0 and speeds[1] < 0.05 and 1.0 < gap < 4.0  # IDM's standstill gap s0 = 2 m
+
+
+def test_driven_simulation_left_alone_is_the_base_simulation(tiny_town):
+    from coperception.sim.driven import DrivenSimulation
+    from coperception.sim.simulation import Simulation
+    cfg = closed_loop_config({**FAST, "warmup": 0.5})
+    base, driven = Simulation(cfg, seed=5), DrivenSimulation(cfg, seed=5)
+    for _ in range(3):
+        a, b = base.step(), driven.step()
+        np.testing.assert_array_equal(a.objects.boxes, b.objects.boxes)
+        np.testing.assert_array_equal(a.ego.points, b.ego.points)

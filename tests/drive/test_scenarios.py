@@ -69,7 +69,7 @@ def _check_family(family: str, seed: int, fast: EmbeddedBackend) -> None:
     info, tick = full.reset(family, seed)
     sc = full.scenario
     actor = _actor(sc)
-    events, ticks = drive(full, info, tick, 9.0, brake_on_gt=False)
+    events, ticks = drive(full, info, tick, 12.0, brake_on_gt=False, until_collision=True)
     hits = [e for e in events if e.kind in COLLISIONS]
     assert [e.other for e in hits][:1] == [str(actor)], hits
     if sc.triggers:
@@ -79,7 +79,7 @@ def _check_family(family: str, seed: int, fast: EmbeddedBackend) -> None:
         assert points.pop(start.frame.ego_id) == 0 and max(points.values()) > 0, points
     # An ego braking for ground-truth objects in its corridor: no collision at all.
     info, tick = fast.reset(family, seed)
-    events, _ = drive(fast, info, tick, 9.0, brake_on_gt=True)
+    events, _ = drive(fast, info, tick, 12.0, brake_on_gt=True)
     assert [e for e in events if e.kind in COLLISIONS] == []
 
 
