@@ -235,7 +235,7 @@ class Boxes:
 
     boxes: (N, 7) float32 ``[x, y, z, l, w, h, yaw]`` metres / radians, z = box centre.
     scores: (N,) float32 confidences.
-    labels: (N,) int64 class indices in [0, 256) (see ``data.records.OBJECT_CLASSES``).
+    labels: (N,) int64 class indices in [0, 256) (see ``structures.records.OBJECT_CLASSES``).
     """
 
     boxes: np.ndarray

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from coperception.data.records import AgentKind, AgentObservation, Frame
 from coperception.drive.carla_convert import (
     DEFAULT_LIMITS,
     control_to_vehicle_control,
@@ -53,6 +52,7 @@ from coperception.drive.records import (
     route_timeout,
 )
 from coperception.errors import ConfigError
+from coperception.structures.records import AgentKind, AgentObservation, Frame
 
 log = logging.getLogger(__name__)
 

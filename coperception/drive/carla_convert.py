@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from coperception.data.records import OBJECT_CLASSES
 from coperception.drive.dynamics import VehicleLimits
 from coperception.drive.records import Control, EventKind
 from coperception.errors import ConfigError
 from coperception.geometry.pose import se3_from_xyz_rpy
+from coperception.structures.records import OBJECT_CLASSES
 
 #: CARLA's default ``WheelPhysicsControl.max_steer_angle`` (degrees) of front wheels.
 DEFAULT_MAX_STEER_DEG = 70.0

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from coperception.data.records import ObjectSet
 from coperception.drive.carla_convert import (
     bounding_box_to_box,
     collision_kind,
@@ -26,6 +25,7 @@ from coperception.drive.carla_convert import (
 )
 from coperception.drive.records import Event, EventKind
 from coperception.errors import ConfigError
+from coperception.structures.records import ObjectSet
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ from typing import Mapping
 import numpy as np
 
 from coperception.config import merge
-from coperception.data.records import ObjectSet
 from coperception.drive.dynamics import VehicleLimits, step_bicycle
 from coperception.drive.events import ContactTracker, LaneJudge, StopLines, boxes_overlap, footprint_samples, mesh_boxes
 from coperception.drive.records import Control, Event, EventKind, ScenarioInfo, Tick, VehicleState, route_timeout
@@ -42,6 +41,7 @@ from coperception.sim.objects import CLASS_INDEX
 from coperception.sim.roads import APPROACH
 from coperception.sim.scenarios import load_sim_config
 from coperception.sim.traffic import GREEN, RED
+from coperception.structures.records import ObjectSet
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from coperception.data.records import OBJECT_CLASSES
 from coperception.drive.control import DEFAULT_LIMITS, route_points
 from coperception.drive.dynamics import VehicleLimits
 from coperception.drive.metrics import footprints_overlap, time_to_collision
 from coperception.drive.records import Route, VehicleState
 from coperception.errors import ConfigError
+from coperception.structures.records import OBJECT_CLASSES
 
 #: Vulnerable road users: a larger lateral margin.
 VRU_CLASSES: tuple[int, ...] = (OBJECT_CLASSES.index("pedestrian"), OBJECT_CLASSES.index("cyclist"))

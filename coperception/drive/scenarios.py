@@ -28,9 +28,19 @@ from typing import Callable
 import numpy as np
 
 from coperception.drive.records import Route, VehicleState
-from coperception.drive.scenario_kit import (JunctionFrame, Trigger, build_route, clear_around, clear_parked,
-                                             four_leg_junction, hold, lanes_polyline, need_segment,
-                                             polyline_crossing, validate_route)
+from coperception.drive.scenario_kit import (
+    JunctionFrame,
+    Trigger,
+    build_route,
+    clear_around,
+    clear_parked,
+    four_leg_junction,
+    hold,
+    lanes_polyline,
+    need_segment,
+    polyline_crossing,
+    validate_route,
+)
 from coperception.errors import ConfigError
 from coperception.sim.config import AgentsConfig, Placement, RsuPlacement, SimConfig
 from coperception.sim.driven import DrivenSimulation, PathActor

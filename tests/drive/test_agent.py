@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from coperception.data.records import Frame, ObjectSet
 from coperception.drive.agent import AgentConfig, DrivingAgent, PerceivedObjects
 from coperception.drive.dynamics import step_bicycle
 from coperception.drive.metrics import EpisodeMonitor, footprints_overlap
 from coperception.drive.records import Route, Tick, VehicleState
 from coperception.errors import ConfigError
+from coperception.structures.records import Frame, ObjectSet
 
 ROUTE = Route(np.array([[0.0, 0.0], [50.0, 0.0], [100.0, 0.0]]))
 PARKED = np.array([60.0, 0.0, 0.8, 4.6, 1.9, 1.6, 0.0])

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 
-from coperception.data.records import OBJECT_CLASSES
 from coperception.drive.carla_backend import (
     CarlaBackend,
     CarlaUnavailable,
@@ -34,6 +33,7 @@ from coperception.drive.carla_scene import (
 )
 from coperception.drive.records import Backend, Control, EventKind
 from coperception.errors import ConfigError
+from coperception.structures.records import OBJECT_CLASSES
 
 carla = pytest.importorskip("carla", reason="the CARLA 0.9.16 client (pip install carla==0.9.16)")
 

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coperception.data.records import OBJECT_CLASSES
 from coperception.drive.carla_convert import (
     DEFAULT_MAX_STEER_DEG,
     bounding_box_to_box,
@@ -31,6 +30,7 @@ from coperception.drive.dynamics import VehicleLimits
 from coperception.drive.records import Control, EventKind
 from coperception.geometry.boxes import boxes_to_corners
 from coperception.geometry.pose import left_to_right_handed, se3_from_xyz_rpy
+from coperception.structures.records import OBJECT_CLASSES
 
 carla = pytest.importorskip("carla", reason="the CARLA 0.9.16 client (pip install carla==0.9.16)")
 

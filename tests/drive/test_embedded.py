@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from embedded_drivers import follow
 
 from coperception.drive.embedded import EmbeddedBackend, closed_loop_config, object_velocities
 from coperception.drive.events import ContactTracker, LaneJudge, StopLines, boxes_overlap, mesh_boxes
@@ -15,7 +16,6 @@ from coperception.errors import ConfigError
 from coperception.sim.objects import CLASS_INDEX
 from coperception.sim.raycast import box_mesh
 from coperception.sim.roads import build_road_network
-from embedded_drivers import follow
 
 FAST = {"lidar": {"channels": 16, "firing_rate_hz": 3600.0}}  # 16 x 360 rays: events do not need more
 

@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 
-from coperception.data.records import Frame, ObjectSet
 from coperception.drive.metrics import (
     EpisodeMonitor,
     EpisodeResult,
@@ -16,6 +15,7 @@ from coperception.drive.metrics import (
     time_to_collision,
 )
 from coperception.drive.records import Event, EventKind, Route, Tick, VehicleState
+from coperception.structures.records import Frame, ObjectSet
 
 STRAIGHT_200 = Route(np.array([[0.0, 0.0], [200.0, 0.0]]))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from embedded_drivers import drive
 
 from coperception.drive.embedded import EmbeddedBackend, closed_loop_config
 from coperception.drive.records import EventKind, Route, route_timeout
@@ -13,7 +14,6 @@ from coperception.drive.scenario_kit import validate_route
 from coperception.drive.scenarios import FAMILIES
 from coperception.errors import ConfigError
 from coperception.sim.roads import MOVEMENTS
-from embedded_drivers import drive
 
 FAST = {"lidar": {"channels": 16, "firing_rate_hz": 3600.0}}
 COLLISIONS = (EventKind.COLLISION_PEDESTRIAN, EventKind.COLLISION_VEHICLE, EventKind.COLLISION_STATIC)
