@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from coperception.drive.footprints import footprints_overlap
 from coperception.sim.raycast import Mesh
 from coperception.sim.roads import APPROACH, SIDE_VECTORS, RoadNetwork
 
@@ -36,29 +37,8 @@ def _as_boxes(boxes: np.ndarray) -> np.ndarray:
 
 def boxes_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, M) bool: bird's-eye-view footprints of boxes ``a`` (N, 7) and ``b`` (M, 7) overlap
-    (separating-axis test; touching edges do not count). A single (7,) box is taken as (1, 7)."""
-    a, b = _as_boxes(a), _as_boxes(b)
-    d = b[None, :, :2] - a[:, None, :2]  # (N, M, 2) centre offsets
-    axes_a = np.stack([np.cos(a[:, 6]), np.sin(a[:, 6])], -1)  # (N, 2) length direction
-    axes_b = np.stack([np.cos(b[:, 6]), np.sin(b[:, 6])], -1)
-    normal_a = np.stack([-axes_a[:, 1], axes_a[:, 0]], -1)
-    normal_b = np.stack([-axes_b[:, 1], axes_b[:, 0]], -1)
-    separated = np.zeros(d.shape[:2], bool)
-    for axis, own in ((axes_a, a[:, 3]), (normal_a, a[:, 4])):  # axes of a: (N, 2)
-        reach = own[:, None] / 2 + _half_extent(b, axis[:, None, :])
-        separated |= np.abs(np.einsum("nmk,nk->nm", d, axis)) >= reach
-    for axis, own in ((axes_b, b[:, 3]), (normal_b, b[:, 4])):  # axes of b: (M, 2)
-        reach = own[None, :] / 2 + _half_extent(a[:, None], axis[None])
-        separated |= np.abs(np.einsum("nmk,mk->nm", d, axis)) >= reach
-    return ~separated
-
-
-def _half_extent(boxes: np.ndarray, axis: np.ndarray) -> np.ndarray:
-    """Half the extent of ``boxes`` (..., 7) projected on unit ``axis`` (..., 2), broadcast."""
-    c, s = np.cos(boxes[..., 6]), np.sin(boxes[..., 6])
-    along = np.abs(axis[..., 0] * c + axis[..., 1] * s)
-    across = np.abs(-axis[..., 0] * s + axis[..., 1] * c)
-    return boxes[..., 3] / 2 * along + boxes[..., 4] / 2 * across
+    (touching edges do not count). A single (7,) box is taken as (1, 7)."""
+    return footprints_overlap(_as_boxes(a)[:, None], _as_boxes(b)[None], touching=False)
 
 
 def mesh_boxes(mesh: Mesh) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 
 from coperception.drive.control import DEFAULT_LIMITS, route_points
 from coperception.drive.dynamics import VehicleLimits
-from coperception.drive.metrics import footprints_overlap, time_to_collision
+from coperception.drive.footprints import footprints_overlap, time_to_collision
 from coperception.drive.records import Route, VehicleState
 from coperception.errors import ConfigError
 from coperception.structures.records import OBJECT_CLASSES

@@ -3,7 +3,8 @@ import pytest
 
 from coperception.drive.agent import AgentConfig, DrivingAgent, PerceivedObjects
 from coperception.drive.dynamics import step_bicycle
-from coperception.drive.metrics import EpisodeMonitor, footprints_overlap
+from coperception.drive.footprints import footprints_overlap
+from coperception.drive.metrics import EpisodeMonitor
 from coperception.drive.records import Route, Tick, VehicleState
 from coperception.errors import ConfigError
 from coperception.structures.records import Frame, ObjectSet

@@ -4,15 +4,14 @@ import math
 import numpy as np
 import pytest
 
+from coperception.drive.footprints import footprints_overlap, time_to_collision
 from coperception.drive.metrics import (
     EpisodeMonitor,
     EpisodeResult,
     Infraction,
-    footprints_overlap,
     global_statistics,
     score_route,
     summarize,
-    time_to_collision,
 )
 from coperception.drive.records import Event, EventKind, Route, Tick, VehicleState
 from coperception.structures.records import Frame, ObjectSet

@@ -3,7 +3,7 @@ import pytest
 
 from coperception.drive.control import SpeedPID
 from coperception.drive.dynamics import step_bicycle
-from coperception.drive.metrics import footprints_overlap
+from coperception.drive.footprints import footprints_overlap
 from coperception.drive.planner import PlannerConfig, SpeedPlanner
 from coperception.drive.records import Control, Route, VehicleState
 from coperception.errors import ConfigError
